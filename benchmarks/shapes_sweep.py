@@ -1,0 +1,133 @@
+"""Sweep settings of the `shapes` recipe: train briefly, score single-object prompts.
+
+Used to choose the CPU demo's recipe on a lent GPU, where many short runs fit in minutes.
+Training uses the core's `CrossFlowSystem` step (the same losses, path, CFG pairs) on the
+shapes world held in memory, with caption embeddings precomputed into a table
+(`--captions`, written by `--write-captions` where the MiniLM package is installed), and
+a plain AdamW + warm-up + EMA loop (no checkpoints: the real loop lives in
+crossflow_core/train/loop.py). Each evaluation samples every colour x shape prompt with
+several seeds and CFG scales and scores colour and shape with the shapes checker.
+
+    python benchmarks/shapes_sweep.py --write-captions .device/captions.safetensors
+    python benchmarks/shapes_sweep.py --captions .device/captions.safetensors --configs sweep.json --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from crossflow_core.data.shapes import COLOURS, SHAPES, PromptSpec, Requirement, ShapesWorld
+from crossflow_core.eval.shapes_checker import score
+from crossflow_core.recipe import load_recipe
+from crossflow_core.sample import SampleSettings, sample_latents, seeded_noise
+from crossflow_core.train.system import Batch, CrossFlowSystem, SystemShapes
+
+SINGLE = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+
+
+def write_captions(path: Path, num_samples: int) -> None:
+    from crossflow_core.encoders.text import TextEncoder
+
+    world = ShapesWorld(32, 0)
+    caps = sorted({world.sample(i).caption for i in range(num_samples)} | set(SINGLE))
+    emb = TextEncoder.from_config(load_recipe("shapes").text_encoder).encode(caps)
+    save_file({"tokens": emb.tokens.half(), "mask": emb.mask.to(torch.uint8)}, path)
+    path.with_suffix(".json").write_text(json.dumps(caps))
+
+
+def evaluate(system, table, index, device, cfg_scales, seeds=4, steps=20, grid: Path | None = None) -> dict[str, float]:
+    specs = [
+        PromptSpec(prompt=f"a {c} {s}", category="colors", include=(Requirement(shape=s, count=1, colour=c),))
+        for c in COLOURS
+        for s in SHAPES
+    ]
+    ids = torch.tensor([index[s.prompt] for s in specs]).repeat(seeds)
+    tokens, mask = table["tokens"][ids].float().to(device), table["mask"][ids].bool().to(device)
+    noise = seeded_noise(system.shapes.latent_shape, list(range(len(ids)))).to(device)
+    out = {}
+    with torch.inference_mode():
+        z0 = system.ve(tokens, mask, noise=noise).z0
+        for scale in cfg_scales:
+            x = sample_latents(system.flow, z0, SampleSettings(steps=steps, cfg_scale=scale))
+            imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+            ok = [score(imgs[i], specs[i % len(specs)]).correct for i in range(len(ids))]
+            out[f"cfg{scale}"] = float(np.mean(ok))
+            if grid is not None:
+                from torchvision.utils import save_image
+
+                save_image((x[: len(specs)].float().cpu() + 1) / 2, f"{grid}_cfg{scale}.png", nrow=3, padding=1)
+    return out
+
+
+def run(config: dict, table, index, images, cap_ids, device) -> dict:
+    torch.manual_seed(0)
+    recipe = load_recipe("shapes", config["set"])
+    tc = recipe.train
+    shapes = SystemShapes((3, 32, 32), table["tokens"].shape[1], table["tokens"].shape[2])
+    system = CrossFlowSystem(recipe.ve, recipe.model, recipe.flow, shapes).to(device)
+    opt = torch.optim.AdamW(system.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
+    ema = copy.deepcopy(system).eval()
+    results, t0 = [], time.time()
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1, tc.steps + 1):
+        idx = torch.randint(0, images.shape[0], (tc.batch_size,), generator=gen)
+        ids = cap_ids[idx]
+        batch = Batch(
+            images[idx].to(device).float() / 127.5 - 1,
+            table["tokens"][ids].to(device).float(),
+            table["mask"][ids].to(device).bool(),
+        )
+        out = system(batch, "joint")
+        out.total.backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(system.parameters(), tc.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        decay = min(tc.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), system.parameters()):
+                pe.lerp_(p, 1 - decay)
+        if step in config.get("eval_at", [tc.steps]):
+            grid = Path(config["grids"]) / f"{config['name']}_{step}" if config.get("grids") else None
+            acc = evaluate(ema, table, index, device, config.get("cfg_scales", [1.0, 3.0]), grid=grid)
+            results.append({"step": step, "losses": out.as_floats(), "acc": acc, "time_s": time.time() - t0})
+            print(json.dumps({"name": config["name"], **results[-1]}), flush=True)
+    return {"name": config["name"], "set": config["set"], "evals": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--captions", type=Path)
+    parser.add_argument("--write-captions", type=Path)
+    parser.add_argument("--num-samples", type=int, default=20000)
+    parser.add_argument("--configs", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("shapes_sweep.json"))
+    args = parser.parse_args()
+    if args.write_captions:
+        write_captions(args.write_captions, args.num_samples)
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    table = load_file(args.captions)
+    caps = json.loads(args.captions.with_suffix(".json").read_text())
+    index = {c: i for i, c in enumerate(caps)}
+    world = ShapesWorld(32, 0)
+    samples = [world.sample(i) for i in range(args.num_samples)]
+    images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
+    cap_ids = torch.tensor([index[s.caption] for s in samples])
+    configs = json.loads(args.configs.read_text())
+    all_results = [run(c, table, index, images, cap_ids, device) for c in configs]
+    args.out.write_text(json.dumps({"device": str(device), "results": all_results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

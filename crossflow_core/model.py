@@ -1,0 +1,162 @@
+"""The velocity network: a DiT-style transformer over latent patches, no cross-attention.
+
+The model never sees text. Its only conditioning is the time t and the CFG indicator
+(1 = the target belongs to the source z0, 0 = unconditional pair), a learned 2-way
+embedding added to the time embedding (the official DiT variant). Blocks use adaLN-Zero.
+
+Time convention: t in [0, 1], t = 0 the source (text latent), t = 1 the target (image latent).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from crossflow_core.recipe import ModelConfig
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    width: int
+    depth: int
+    heads: int
+
+
+SIZES: dict[str, ModelSize] = {
+    "tiny": ModelSize(width=192, depth=6, heads=6),
+    "small": ModelSize(width=384, depth=12, heads=6),
+    "base": ModelSize(width=768, depth=12, heads=12),
+    "large": ModelSize(width=1024, depth=24, heads=16),
+    "xl": ModelSize(width=1152, depth=28, heads=16),
+    "huge": ModelSize(width=1280, depth=36, heads=20),  # the official DiT_H/2 (~0.95B with patch 2)
+}
+
+
+def resolve_size(cfg: ModelConfig) -> ModelSize:
+    """The registry size with the recipe's explicit width/depth/heads overrides applied."""
+    base = SIZES[cfg.size]
+    size = ModelSize(
+        width=cfg.width or base.width, depth=cfg.depth or base.depth, heads=cfg.heads or base.heads
+    )
+    if size.width % size.heads:
+        raise ValueError(f"model width {size.width} must be divisible by heads {size.heads}")
+    return size
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of 1000*t: t [B] in [0, 1] -> [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+def sincos_2d(width: int, grid_h: int, grid_w: int) -> Tensor:
+    """Fixed 2-D sine-cosine position embedding [grid_h * grid_w, width]."""
+    if width % 4:
+        raise ValueError(f"model width {width} must be divisible by 4")
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    ys, xs = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+    )
+    out_y = ys.reshape(-1, 1) * omega[None]
+    out_x = xs.reshape(-1, 1) * omega[None]
+    emb = torch.cat([out_x.sin(), out_x.cos(), out_y.sin(), out_y.cos()], dim=1)
+    return emb.float()
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class DiTBlock(nn.Module):
+    """Self-attention + MLP, each gated and modulated by the conditioning (adaLN-Zero)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """x [B, N, W], c [B, W] -> [B, N, W]."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=1)
+        b, n, w = x.shape
+        h = modulate(self.norm1(x), shift1, scale1)
+        q, k, v = self.qkv(h).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, w)
+        x = x + gate1.unsqueeze(1) * self.proj(h)
+        x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x
+
+
+class FlowTransformer(nn.Module):
+    """v(x [B, C, H, W], t [B], indicator [B] long) -> velocity [B, C, H, W]."""
+
+    def __init__(self, cfg: ModelConfig, latent_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        channels, height, width_px = latent_shape
+        p = cfg.patch_size
+        if height % p or width_px % p:
+            raise ValueError(f"latent size {height}x{width_px} is not divisible by patch_size {p}")
+        size = resolve_size(cfg)
+        self.latent_shape = tuple(latent_shape)
+        self.patch_size = p
+        self.grid = (height // p, width_px // p)
+        w = size.width
+        self.patch_embed = nn.Conv2d(channels, w, kernel_size=p, stride=p)
+        self.register_buffer("pos_embed", sincos_2d(w, *self.grid)[None], persistent=False)
+        self.time_mlp = nn.Sequential(nn.Linear(256, w), nn.SiLU(), nn.Linear(w, w))
+        self.indicator_embed = nn.Embedding(2, w)
+        self.blocks = nn.ModuleList(DiTBlock(w, size.heads, cfg.mlp_ratio) for _ in range(size.depth))
+        self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
+        self.final_proj = nn.Linear(w, p * p * channels)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.normal_(self.time_mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_mlp[2].weight, std=0.02)
+        nn.init.normal_(self.indicator_embed.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.ada[-1].weight)
+            nn.init.zeros_(block.ada[-1].bias)
+        nn.init.zeros_(self.final_ada[-1].weight)
+        nn.init.zeros_(self.final_ada[-1].bias)
+        nn.init.zeros_(self.final_proj.weight)
+        nn.init.zeros_(self.final_proj.bias)
+
+    def forward(self, x: Tensor, t: Tensor, indicator: Tensor) -> Tensor:
+        b = x.shape[0]
+        t = t.expand(b) if t.dim() == 0 or t.shape[0] == 1 else t
+        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        c = self.time_mlp(timestep_embedding(t, 256).to(h.dtype)) + self.indicator_embed(indicator.long())
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.final_ada(c).chunk(2, dim=1)
+        h = self.final_proj(modulate(self.final_norm(h), shift, scale))
+        return self._unpatchify(h)
+
+    def _unpatchify(self, h: Tensor) -> Tensor:
+        """[B, N, p*p*C] -> [B, C, H, W]."""
+        c, p = self.latent_shape[0], self.patch_size
+        gh, gw = self.grid
+        h = h.view(h.shape[0], gh, gw, p, p, c)
+        return torch.einsum("bhwpqc->bchpwq", h).reshape(h.shape[0], c, gh * p, gw * p)

@@ -1,0 +1,154 @@
+"""The frozen text encoder: tiny offline BERT / CLIP / T5 models, and the embedded MiniLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from crossflow_core.encoders.text import TextEmbeddings, TextEncoder
+from crossflow_core.errors import CrossflowError, MissingResourceError
+from crossflow_core.recipe import TextEncoderConfig
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
+    "a an red blue green circle square triangle and to the left right of above below "
+    "photo one two three big small"
+).split()
+CAPTIONS = ["a red circle", "a blue square to the left of a green triangle", "two circles", "a"]
+
+
+def _tokenizer():
+    from transformers import BertTokenizer
+
+    return BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)})
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny randomly initialised BERT, CLIP-text and T5 models saved with save_pretrained."""
+    from transformers import (
+        BertConfig,
+        BertModel,
+        CLIPTextConfig,
+        CLIPTextModel,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("lms")
+    n = len(WORDS)
+    models = {
+        "bert": BertModel(BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64)),
+        "clip": CLIPTextModel(CLIPTextConfig(vocab_size=n, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4,
+                                             max_position_embeddings=16, pad_token_id=0, bos_token_id=2,
+                                             eos_token_id=3)),
+        "t5": T5ForConditionalGeneration(T5Config(vocab_size=n, d_model=24, d_ff=48, num_layers=2,
+                                                  num_heads=4, d_kv=6, decoder_start_token_id=0)),
+    }
+    paths = {}
+    for name, model in models.items():
+        paths[name] = root / name
+        model.save_pretrained(paths[name])
+        _tokenizer().save_pretrained(paths[name])  # a BERT wordpiece tokenizer beside every model
+    return paths
+
+
+def _encoder(path: Path, **kw) -> TextEncoder:
+    return TextEncoder.from_config(TextEncoderConfig(name=str(path), **kw))
+
+
+@pytest.mark.parametrize("kind,cls,dim", [("bert", "BertModel", 32), ("clip", "CLIPTextModel", 32),
+                                          ("t5", "T5EncoderModel", 24)])
+def test_model_class_and_identity(tiny_models, kind, cls, dim):
+    enc = _encoder(tiny_models[kind], max_length=12)
+    assert type(enc.model).__name__ == cls
+    assert enc.dim == dim
+    assert not enc.model.training and not any(p.requires_grad for p in enc.model.parameters())
+    ident = enc.identity()
+    assert ident == {"name": str(tiny_models[kind]), "path": str(tiny_models[kind]),
+                     "model_type": ident["model_type"], "hidden_size": dim, "max_length": 12,
+                     "embedding_scale": 1.0}
+    assert ident["model_type"] in {"bert", "clip_text_model", "t5"}
+
+
+@pytest.mark.parametrize("kind", ["bert", "clip", "t5"])
+def test_equals_full_padded_forward_and_batched_equals_single(tiny_models, kind):
+    enc = _encoder(tiny_models[kind], max_length=12)
+    out = enc.encode(CAPTIONS)
+    assert isinstance(out, TextEmbeddings)
+    assert out.tokens.shape == (4, 12, enc.dim) and out.tokens.dtype == torch.float32
+    assert out.mask.dtype == torch.bool
+    # reference: one forward over the max_length-padded batch, padding zeroed
+    batch = enc.tokenizer(CAPTIONS, padding="max_length", truncation=True, max_length=12, return_tensors="pt")
+    with torch.no_grad():
+        ref = enc.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    ref = ref.last_hidden_state
+    ref = ref * batch["attention_mask"].unsqueeze(-1)
+    torch.testing.assert_close(out.tokens, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out.mask, batch["attention_mask"].bool())
+    for i, caption in enumerate(CAPTIONS):
+        single = enc.encode([caption])
+        torch.testing.assert_close(single.tokens[0], out.tokens[i], atol=1e-5, rtol=1e-5)
+        assert torch.equal(single.mask[0], out.mask[i])
+    assert (out.tokens[~out.mask] == 0).all()
+
+
+def test_mask_counts_truncation_and_scale(tiny_models):
+    enc = _encoder(tiny_models["bert"], max_length=6)
+    out = enc.encode(CAPTIONS)
+    counts = enc.count_tokens(CAPTIONS)
+    assert counts == [5, 12, 4, 3]  # [CLS] words [SEP]; "circles" is one [UNK]
+    assert out.mask.sum(1).tolist() == [min(c, 6) for c in counts]
+    assert out.mask[1].all()  # truncated to max_length
+    scaled = TextEncoder.from_config(TextEncoderConfig(name=str(tiny_models["bert"]), max_length=6,
+                                                       embedding_scale=10.0)).encode(CAPTIONS)
+    torch.testing.assert_close(scaled.tokens, 10.0 * out.tokens)
+    assert enc.encode([]).tokens.shape == (0, 6, 32)
+    with pytest.raises(TypeError):
+        enc.encode("a red circle")
+
+
+def test_max_length_beyond_positions_is_a_user_error(tiny_models):
+    with pytest.raises(CrossflowError, match="max_length=32 exceeds"):
+        _encoder(tiny_models["clip"], max_length=32)
+
+
+def test_uncached_hub_id_offline_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MissingResourceError) as info:
+        TextEncoder.from_config(TextEncoderConfig(name="crossflow-nobody/no-such-model"))
+    msg = str(info.value)
+    assert "\n" not in msg and "crossflow-nobody/no-such-model" in msg and "HF_HOME" in msg
+
+
+def test_missing_local_dir_is_a_user_error(tmp_path):
+    with pytest.raises(CrossflowError, match="is not a directory"):
+        TextEncoder.from_config(TextEncoderConfig(name=str(tmp_path / "nope")))
+    with pytest.raises(CrossflowError, match="cannot be loaded"):
+        TextEncoder.from_config(TextEncoderConfig(name=str(tmp_path)))  # empty folder
+
+
+@pytest.fixture(scope="module")
+def minilm() -> TextEncoder:
+    return TextEncoder.from_config(TextEncoderConfig(name="minilm", max_length=16))
+
+
+def test_minilm_default(minilm):
+    ident = minilm.identity()
+    assert ident["name"] == "minilm" and ident["model_type"] == "bert" and ident["hidden_size"] == 384
+    assert Path(ident["path"]).is_dir()
+    a = minilm.encode(CAPTIONS)
+    b = minilm.encode(CAPTIONS)
+    assert torch.equal(a.tokens, b.tokens)  # deterministic
+    assert a.tokens.shape == (4, 16, 384)
+    for i, caption in enumerate(CAPTIONS):
+        torch.testing.assert_close(minilm.encode([caption]).tokens[0], a.tokens[i], atol=1e-5, rtol=1e-4)
+    assert a.mask.sum(1).tolist() == minilm.count_tokens(CAPTIONS)
+    assert (a.tokens[~a.mask] == 0).all() and (a.tokens[a.mask].abs().sum(-1) > 0).all()
+    # different captions -> different embeddings (well apart, not only by rounding)
+    red, blue = minilm.encode(["a red circle", "a blue circle"]).tokens
+    assert (red - blue).abs().max() > 0.1
