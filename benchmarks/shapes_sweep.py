@@ -9,7 +9,8 @@ crossflow_core/train/loop.py). Each evaluation samples every colour x shape prom
 several seeds and CFG scales and scores colour and shape with the shapes checker.
 
     python benchmarks/shapes_sweep.py --write-captions .device/captions.safetensors
-    python benchmarks/shapes_sweep.py --captions .device/captions.safetensors --configs sweep.json --out results.json
+    python benchmarks/shapes_sweep.py --captions .device/captions.safetensors \
+        --configs sweep.json --out results.json
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def write_captions(path: Path, num_samples: int) -> None:
     path.with_suffix(".json").write_text(json.dumps(caps))
 
 
-def evaluate(system, table, index, device, cfg_scales, seeds=4, steps=20, grid: Path | None = None) -> dict[str, float]:
+def evaluate(
+    system, table, index, device, cfg_scales, seeds=4, steps=20, grid: Path | None = None
+) -> dict[str, float]:
     specs = [
         PromptSpec(prompt=f"a {c} {s}", category="colors", include=(Requirement(shape=s, count=1, colour=c),))
         for c in COLOURS
@@ -63,7 +66,9 @@ def evaluate(system, table, index, device, cfg_scales, seeds=4, steps=20, grid: 
             if grid is not None:
                 from torchvision.utils import save_image
 
-                save_image((x[: len(specs)].float().cpu() + 1) / 2, f"{grid}_cfg{scale}.png", nrow=3, padding=1)
+                save_image(
+                    (x[: len(specs)].float().cpu() + 1) / 2, f"{grid}_cfg{scale}.png", nrow=3, padding=1
+                )
     return out
 
 
@@ -117,6 +122,7 @@ def main() -> None:
         write_captions(args.write_captions, args.num_samples)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_flush_denormal(True)
     table = load_file(args.captions)
     caps = json.loads(args.captions.with_suffix(".json").read_text())
     index = {c: i for i, c in enumerate(caps)}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from crossflow_core.errors import CrossflowError
 
@@ -26,7 +27,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CrossflowError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -40,6 +41,6 @@ RecipeOption = Annotated[
     str, typer.Option("--recipe", "-r", help="Recipe name (recipes/NAME.yaml) or path to a YAML file.")
 ]
 SetOption = Annotated[
-    Optional[list[str]],  # noqa: UP007 - typer needs Optional here
+    list[str] | None,  # noqa: UP007 - typer needs Optional here
     typer.Option("--set", "-s", help="Override a recipe value: section.key=value (repeatable)."),
 ]

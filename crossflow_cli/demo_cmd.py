@@ -23,8 +23,11 @@ def single_object_specs():
     """One `colors` prompt per colour x shape: the image must show that shape in that colour."""
     from crossflow_core.data.shapes import COLOURS, SHAPES, PromptSpec, Requirement
 
+    def article(word: str) -> str:
+        return "an" if word[0] in "aeiou" else "a"
+
     return [
-        PromptSpec(prompt=f"a {c} {s}", category="colors", include=(Requirement(shape=s, count=1, colour=c),))
+        PromptSpec(f"{article(c)} {c} {s}", "colors", (Requirement(shape=s, count=1, colour=c),))
         for c in COLOURS
         for s in SHAPES
     ]
@@ -41,13 +44,15 @@ def demo_prompts() -> list[str]:
 
 @user_errors
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for data, run and samples.")] = Path("demo"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for data, run and samples.")] = Path(
+        "demo"
+    ),
     set_: SetOption = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
-    from crossflow_core.data.prepare import prepare_dataset
     from crossflow_core.data.manifest import Manifest
-    from crossflow_core.eval.shapes_checker import score
+    from crossflow_core.data.prepare import prepare_dataset
+    from crossflow_core.eval.shapes_checker import detect, score
     from crossflow_core.recipe import load_recipe
     from crossflow_core.sample import CrossFlowPipeline, SampleSettings
 
@@ -59,7 +64,9 @@ def demo_command(
     if (data_dir / "manifest.json").is_file():
         console.print(f"[1/3] data: reusing {data_dir} ({Manifest.load(data_dir).num_samples} samples)")
     else:
-        console.print(f"[1/3] data: generating {recipe.data.num_samples} shapes-world samples into {data_dir}")
+        console.print(
+            f"[1/3] data: generating {recipe.data.num_samples} shapes-world samples into {data_dir}"
+        )
         with console.status("preparing shards and MiniLM token embeddings"):
             prepare_dataset(recipe.data, recipe.text_encoder, recipe.latents, data_dir)
     t_prep = time.time() - started
@@ -83,17 +90,26 @@ def demo_command(
     uint8 = (images * 255).round().byte().permute(0, 2, 3, 1).numpy()
     results = [score(uint8[i], spec) for i, spec in enumerate(specs)]
     correct = sum(r.correct for r in results)
+    colour_ok = sum(
+        any(d.colour == spec.include[0].colour for d in detect(uint8[i])) for i, spec in enumerate(specs)
+    )
     report = {
         "single_object_colour_and_shape_accuracy": correct / len(specs),
         "correct": correct,
+        "single_object_right_colour_present": colour_ok / len(specs),
         "total": len(specs),
         "per_prompt": {s.prompt: r.correct for s, r in zip(specs, results)},
         "settings": settings.__dict__,
-        "wall_time_s": {"prepare": round(t_prep, 1), "train": round(t_train, 1), "total": round(time.time() - started, 1)},
+        "wall_time_s": {
+            "prepare": round(t_prep, 1),
+            "train": round(t_train, 1),
+            "total": round(time.time() - started, 1),
+        },
     }
     (sample_dir / "report.json").write_text(json.dumps(report, indent=2))
     console.print(
-        f"single-object prompts with the right colour and shape: {correct}/{len(specs)} "
-        f"(shapes checker); images in {sample_dir} (single_objects.png: rows = colours, columns = "
-        f"circle, square, triangle); total {time.time() - started:.0f}s"
+        f"single-object prompts with the right colour and shape: {correct}/{len(specs)}, "
+        f"with an object of the right colour: {colour_ok}/{len(specs)} (shapes checker); "
+        f"images in {sample_dir} (single_objects.png: rows = colours, columns = circle, square, "
+        f"triangle); total {time.time() - started:.0f}s"
     )

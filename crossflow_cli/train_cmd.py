@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -62,7 +62,7 @@ def train_command(
     recipe: RecipeOption = "shapes",
     set_: SetOption = None,
     stage: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="joint | ve (VE pretraining) | two_stage (VE first, then joint) | separate."),
     ] = None,
 ) -> None:

@@ -70,7 +70,9 @@ def resolve_model_dir(path: str | Path) -> Path:
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
     if not path.exists():
-        raise CrossflowError(f"model {str(path)!r} does not exist: pass a training run directory (--model RUN)")
+        raise CrossflowError(
+            f"model {str(path)!r} does not exist: pass a training run directory (--model RUN)"
+        )
     raise CrossflowError(
         f"{str(path)!r} holds no exported model (config.json + model.safetensors): "
         "train it to the end with `crossflow train` (it exports RUN/model) or pass RUN/model"
@@ -100,11 +102,15 @@ def load_exported(path: str | Path) -> tuple[ExportedConfig, dict[str, Tensor]]:
     try:
         data = json.loads((model_dir / "config.json").read_text())
     except json.JSONDecodeError as exc:
-        raise CrossflowError(f"{model_dir / 'config.json'} is not valid JSON ({exc.msg}): re-export the model") from None
+        raise CrossflowError(
+            f"{model_dir / 'config.json'} is not valid JSON ({exc.msg}): re-export the model"
+        ) from None
     if data.get("format") != FORMAT:
         raise CrossflowError(f"{model_dir / 'config.json'} is not a crossflow model config")
     try:
         config = ExportedConfig.from_json(data)
     except (KeyError, TypeError, ValueError, RecipeError) as exc:
-        raise CrossflowError(f"{model_dir / 'config.json'} is incomplete or invalid ({exc}): re-export it") from None
+        raise CrossflowError(
+            f"{model_dir / 'config.json'} is incomplete or invalid ({exc}): re-export it"
+        ) from None
     return config, load_file(model_dir / "model.safetensors")

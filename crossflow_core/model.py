@@ -86,7 +86,9 @@ class DiTBlock(nn.Module):
         self.proj = nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
+        )
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
@@ -120,6 +122,9 @@ class FlowTransformer(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(256, w), nn.SiLU(), nn.Linear(w, w))
         self.indicator_embed = nn.Embedding(2, w)
         self.blocks = nn.ModuleList(DiTBlock(w, size.heads, cfg.mlp_ratio) for _ in range(size.depth))
+        n_skips = size.depth // 2 if cfg.long_skips else 0
+        self.skips = nn.ModuleList(nn.Linear(2 * w, w) for _ in range(n_skips))
+        self.final_conv = nn.Conv2d(channels, channels, 3, padding=1) if cfg.final_conv else None
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
         self.final_proj = nn.Linear(w, p * p * channels)
@@ -142,17 +147,32 @@ class FlowTransformer(nn.Module):
         nn.init.zeros_(self.final_ada[-1].bias)
         nn.init.zeros_(self.final_proj.weight)
         nn.init.zeros_(self.final_proj.bias)
+        for skip in self.skips:  # start as a plain DiT: pass h through, ignore the skip
+            w = skip.weight.shape[0]
+            nn.init.zeros_(skip.weight)
+            skip.weight.data[:, :w] = torch.eye(w)
+        if self.final_conv is not None:  # start as the identity
+            nn.init.zeros_(self.final_conv.weight)
+            nn.init.zeros_(self.final_conv.bias)
+            for ch in range(self.final_conv.weight.shape[0]):
+                self.final_conv.weight.data[ch, ch, 1, 1] = 1.0
 
     def forward(self, x: Tensor, t: Tensor, indicator: Tensor) -> Tensor:
         b = x.shape[0]
         t = t.expand(b) if t.dim() == 0 or t.shape[0] == 1 else t
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
         c = self.time_mlp(timestep_embedding(t, 256).to(h.dtype)) + self.indicator_embed(indicator.long())
-        for block in self.blocks:
+        depth, saved = len(self.blocks), []
+        for i, block in enumerate(self.blocks):
+            j = depth - 1 - i  # the mirror block whose input is saved for this one
+            if j < len(self.skips) < i + 1:
+                h = self.skips[j](torch.cat([h, saved.pop()], dim=-1))
             h = block(h, c)
+            if i < len(self.skips):
+                saved.append(h)
         shift, scale = self.final_ada(c).chunk(2, dim=1)
-        h = self.final_proj(modulate(self.final_norm(h), shift, scale))
-        return self._unpatchify(h)
+        out = self._unpatchify(self.final_proj(modulate(self.final_norm(h), shift, scale)))
+        return self.final_conv(out) if self.final_conv is not None else out
 
     def _unpatchify(self, h: Tensor) -> Tensor:
         """[B, N, p*p*C] -> [B, C, H, W]."""

@@ -70,9 +70,9 @@ class VEConfig:
     ffn: int = 256
     dropout: float = 0.1
     reduce_layers: int = 2  # each halves the token width before flattening
-    objective: Literal[
-        "image_text_contrastive", "text_text_contrastive", "text_reconstruction"
-    ] = "image_text_contrastive"
+    objective: Literal["image_text_contrastive", "text_text_contrastive", "text_reconstruction"] = (
+        "image_text_contrastive"
+    )
     enc_weight: float = 1.0  # weight of L_enc
     kl_weight: float = 0.01  # lambda of the KL term
     kl: Literal["standard", "official"] = "official"
@@ -90,6 +90,8 @@ class ModelConfig:
     depth: int | None = None  # overrides the size's depth
     heads: int | None = None  # overrides the size's heads
     mlp_ratio: float = 4.0
+    long_skips: bool = False  # U-ViT long skips: block i feeds block depth-1-i (concat + linear)
+    final_conv: bool = False  # a 3x3 conv on the unpatchified output, so patch borders agree
 
 
 @dataclass(frozen=True)

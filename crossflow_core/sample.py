@@ -20,6 +20,7 @@ from crossflow_core.errors import CrossflowError
 from crossflow_core.export import ExportedConfig, load_exported, resolve_model_dir
 from crossflow_core.guidance import cfg_velocity
 from crossflow_core.model import FlowTransformer
+from crossflow_core.runtime import configure_cpu_numerics
 from crossflow_core.solvers import SOLVERS, integrate, nfe
 from crossflow_core.ve import TextVariationalEncoder, VEOutput
 
@@ -75,6 +76,7 @@ class CrossFlowPipeline:
     @classmethod
     def load(cls, model_dir: str | Path, device: str | None = None) -> CrossFlowPipeline:
         """Load RUN or RUN/model; the text encoder and latent space come from its recipe."""
+        configure_cpu_numerics()
         config, weights = load_exported(model_dir)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         recipe, shapes = config.recipe, config.shapes
@@ -86,7 +88,9 @@ class CrossFlowPipeline:
                 module.load_state_dict(part, strict=True)
             except RuntimeError as exc:
                 first = str(exc).splitlines()[0]
-                raise CrossflowError(f"weights in {model_dir} do not match its config.json: {first}") from None
+                raise CrossflowError(
+                    f"weights in {model_dir} do not match its config.json: {first}"
+                ) from None
         text_encoder = TextEncoder.from_config(recipe.text_encoder, device=dev)
         if text_encoder.dim != shapes.token_dim:
             raise CrossflowError(

@@ -219,6 +219,7 @@ def test_batch_size_and_mixed_sizes(small_inception, weights, folders, tmp_path)
     _write_folder(imgs[:6], mixed / "x32")
     big = torch.nn.functional.interpolate(imgs[6:10].float(), size=48).round().to(torch.uint8)
     _write_folder(big, mixed / "y48")
+    (mixed / "x32" / ".00007.png.tmp-1.png").write_bytes(b"half-written")  # hidden: skipped
     src = FolderImages.scan(mixed)
     assert [p.parent.name for p in src.files] == ["x32"] * 6 + ["y48"] * 4
     net = fidmod.prepare_extractor(weights, ["64"])
@@ -280,8 +281,9 @@ def test_cli_json_and_missing_weights(small_inception, weights, folders, tmp_pat
     assert table.exit_code == 0 and "fid" in table.stdout and "hit" in table.stdout
     missing = runner.invoke(_cli(), ["fid", str(a), str(b)])
     assert missing.exit_code == 1
-    lines = [ln for ln in missing.stderr.splitlines() if ln.strip()]
+    lines = missing.stderr.splitlines()
     assert len(lines) == 1 and "crossflow eval weights inception" in lines[0], missing.stderr
+    assert "--weights" in lines[0] and missing.stdout == ""
 
 
 @pytest.mark.slow

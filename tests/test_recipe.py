@@ -24,7 +24,9 @@ def test_roundtrip_to_dict_from_dict():
 
 
 def test_overrides_are_typed():
-    recipe = load_recipe("shapes", ["train.steps=3", "train.lr=1e-4", "train.betas=[0.9, 0.95]", "train.grad_clip=null"])
+    recipe = load_recipe(
+        "shapes", ["train.steps=3", "train.lr=1e-4", "train.betas=[0.9, 0.95]", "train.grad_clip=null"]
+    )
     assert recipe.train.steps == 3
     assert recipe.train.lr == pytest.approx(1e-4)  # YAML 1.1 reads 1e-4 as a string
     assert recipe.train.betas == (0.9, 0.95)

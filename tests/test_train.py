@@ -30,7 +30,10 @@ def test_resume_equals_uninterrupted(tiny_overrides, tiny_data, tmp_path):
     run(tiny_overrides, tiny_data, tmp_path / "parts", "train.steps=2")
     result = run(tiny_overrides, tiny_data, tmp_path / "parts", "train.steps=5")
     assert result.resumed_from == 2
-    (whole, whole_state), (parts, parts_state) = final_groups(tmp_path / "whole"), final_groups(tmp_path / "parts")
+    (whole, whole_state), (parts, parts_state) = (
+        final_groups(tmp_path / "whole"),
+        final_groups(tmp_path / "parts"),
+    )
     assert whole_state["step"] == parts_state["step"] == 5
     assert whole_state["sampler"] == parts_state["sampler"]
     for group in ("model", "ema", "optimizer"):
@@ -59,12 +62,28 @@ def test_stages_train_the_right_parts(tiny_overrides, tiny_data, tmp_path):
     run(tiny_overrides, tiny_data, tmp_path / "ve", "train.steps=2", "train.stage=ve")
     run(tiny_overrides, tiny_data, tmp_path / "ve0", "train.steps=0", "train.stage=ve")
     flow_after, flow_before = weights(tmp_path / "ve", "flow."), weights(tmp_path / "ve0", "flow.")
-    assert all(torch.equal(flow_after[k], flow_before[k]) for k in flow_before)  # VE pretraining leaves the flow alone
+    assert all(
+        torch.equal(flow_after[k], flow_before[k]) for k in flow_before
+    )  # VE pretraining leaves the flow alone
     ve_after, ve_before = weights(tmp_path / "ve", "ve."), weights(tmp_path / "ve0", "ve.")
     assert any(not torch.equal(ve_after[k], ve_before[k]) for k in ve_before)
 
-    run(tiny_overrides, tiny_data, tmp_path / "sep", "train.steps=4", "train.stage=separate", "train.ve_steps=2")
-    run(tiny_overrides, tiny_data, tmp_path / "sep2", "train.steps=2", "train.stage=separate", "train.ve_steps=2")
+    run(
+        tiny_overrides,
+        tiny_data,
+        tmp_path / "sep",
+        "train.steps=4",
+        "train.stage=separate",
+        "train.ve_steps=2",
+    )
+    run(
+        tiny_overrides,
+        tiny_data,
+        tmp_path / "sep2",
+        "train.steps=2",
+        "train.stage=separate",
+        "train.ve_steps=2",
+    )
     ve4, ve2 = weights(tmp_path / "sep", "ve."), weights(tmp_path / "sep2", "ve.")
     assert all(torch.equal(ve4[k], ve2[k]) for k in ve2)  # frozen after its pretraining
     flow4, flow2 = weights(tmp_path / "sep", "flow."), weights(tmp_path / "sep2", "flow.")
@@ -82,7 +101,10 @@ def test_export_load_gives_identical_samples(tiny_overrides, tiny_data, tmp_path
     assert first.min() >= 0 and first.max() <= 1
     pipe = CrossFlowPipeline.load(tmp_path / "run")
     single = torch.cat(
-        [pipe.generate([p], SampleSettings(steps=3, solver="heun", cfg_scale=2.0, seed=7 + i)) for i, p in enumerate(prompts)]
+        [
+            pipe.generate([p], SampleSettings(steps=3, solver="heun", cfg_scale=2.0, seed=7 + i))
+            for i, p in enumerate(prompts)
+        ]
     )
     torch.testing.assert_close(first, single, atol=1e-5, rtol=0)
     other_seed = pipe.generate(prompts, SampleSettings(steps=3, solver="heun", cfg_scale=2.0, seed=8))

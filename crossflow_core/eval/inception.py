@@ -26,6 +26,7 @@ import importlib.util
 import io
 import json
 import os
+import pickle  # only for its exception type: torch.load(weights_only=True) raises it
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -152,9 +153,16 @@ def inception_skeleton(features: Sequence[str] = ("2048",), device: str = "cpu")
 
 def load_state(weights: str | Path) -> dict[str, torch.Tensor]:
     """A torch-fidelity Inception state dict, loaded with `weights_only=True`."""
-    state = torch.load(Path(weights), map_location="cpu", weights_only=True)
+    bad = CrossflowError(
+        f"{weights} is not a torch-fidelity Inception weights file (a state dict of tensors); "
+        "pass another --weights or run `crossflow eval weights inception`"
+    )
+    try:
+        state = torch.load(Path(weights), map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
+        raise bad from None
     if not isinstance(state, dict) or "fc.weight" not in state:
-        raise CrossflowError(f"{weights} is not a torch-fidelity Inception state dict; convert it again")
+        raise bad
     return state
 
 

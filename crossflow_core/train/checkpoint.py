@@ -76,7 +76,9 @@ class Checkpointer:
             shutil.rmtree(tmp)
         tmp.mkdir()
         for name, tensors in groups.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / f"{name}.safetensors")
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / f"{name}.safetensors"
+            )
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         if final.exists():
             shutil.rmtree(final)

@@ -99,7 +99,9 @@ class RunLogger:
         return self._prompt_cache[key]
 
     @torch.inference_mode()
-    def sample_grid(self, step: int, system: Any, latent_space: LatentSpace, recipe: Recipe, prompts: list[str]):
+    def sample_grid(
+        self, step: int, system: Any, latent_space: LatentSpace, recipe: Recipe, prompts: list[str]
+    ):
         """Sample `prompts` with fixed seeds and the EMA weights into RUN/samples/step_<step>.png."""
         device = next(system.parameters()).device
         tokens, mask = self._embed(recipe, prompts, device)

@@ -24,6 +24,7 @@ from crossflow_core.encoders.text import TextEncoder
 from crossflow_core.errors import CrossflowError
 from crossflow_core.export import ExportedConfig, save_exported
 from crossflow_core.recipe import Recipe
+from crossflow_core.runtime import configure_cpu_numerics
 from crossflow_core.train.batches import BatchMaker, EpochSampler
 from crossflow_core.train.callbacks import TrainCallbacks
 from crossflow_core.train.checkpoint import (
@@ -70,6 +71,7 @@ def train(
 ) -> TrainResult:
     """Train (or resume) `recipe` on the prepared dataset `data_dir`, exporting RUN/model."""
     cb = callbacks or TrainCallbacks()
+    configure_cpu_numerics()
     tc = recipe.train
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     check_run_recipe(run_dir, recipe)
@@ -93,9 +95,7 @@ def train(
     shapes = SystemShapes(tuple(latent_space.latent_shape(image_size)), num_tokens, token_dim)
 
     system = CrossFlowSystem(recipe.ve, recipe.model, recipe.flow, shapes)
-    optimizer = torch.optim.AdamW(
-        system.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay
-    )
+    optimizer = torch.optim.AdamW(system.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(tc.warmup_steps))
     ema = EMAModel(system.parameters(), decay=tc.ema_decay)
     sampler = EpochSampler(
@@ -187,7 +187,12 @@ def train(
         if done % tc.log_every == 0 or done == tc.steps:
             logger.log(row)
         cb.on_step(done, tc.steps, row)
-        if tc.sample_every > 0 and grid_prompts and done % tc.sample_every == 0 and accelerator.is_main_process:
+        if (
+            tc.sample_every > 0
+            and grid_prompts
+            and done % tc.sample_every == 0
+            and accelerator.is_main_process
+        ):
             logger.sample_grid(done, ema_modules(), latent_space, recipe, grid_prompts)
             system.train()
         if checkpointer.due(done, final=done == tc.steps):

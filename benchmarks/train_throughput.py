@@ -1,0 +1,128 @@
+"""Training-step throughput of the shapes recipe on this machine's CPU.
+
+Times the real loss step (`CrossFlowSystem`: VE + contrastive head + DiT, AdamW, grad clipping)
+on real prepared shapes data for: fp32 vs bf16 autocast, and subnormals flushed vs not (the
+cliff `crossflow_core/runtime.py` removes). Each variant runs in a fresh process (the flush flag
+is per thread and inherited by torch's pool), trains `--warm` steps first so that weights and
+Adam moments reach the values where subnormals appear, then times `--steps` steps.
+Writes benchmarks/train_throughput.{json,md}.
+
+    python benchmarks/train_throughput.py --data DATA     # a `crossflow prepare --recipe shapes` dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def child(data: Path, bf16: bool, flush: bool, warm: int, steps: int) -> dict:
+    import torch
+
+    torch.set_flush_denormal(flush)
+    from crossflow_core.data.arrays import load_training_arrays
+    from crossflow_core.recipe import load_recipe
+    from crossflow_core.train.system import Batch, CrossFlowSystem, SystemShapes
+
+    arrays = load_training_arrays(data)
+    recipe = load_recipe("shapes")
+    tc = recipe.train
+    torch.manual_seed(0)
+    shapes = SystemShapes((3, 32, 32), arrays.text_tokens.shape[1], arrays.text_tokens.shape[2])
+    system = CrossFlowSystem(recipe.ve, recipe.model, recipe.flow, shapes)
+    opt = torch.optim.AdamW(system.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for step in range(warm + steps):
+        idx = torch.randint(0, arrays.images.shape[0], (tc.batch_size,), generator=gen)
+        batch = Batch(
+            arrays.images[idx].float() / 127.5 - 1, arrays.text_tokens[idx].float(), arrays.text_mask[idx]
+        )
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = system(batch)
+        out.total.backward()
+        torch.nn.utils.clip_grad_norm_(system.parameters(), tc.grad_clip or 1e9)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= warm:
+            times.append(time.perf_counter() - start)
+    times.sort()
+    return {
+        "bf16": bf16,
+        "flush_denormal": flush,
+        "median_s_per_step": times[len(times) // 2],
+        "min_s_per_step": times[0],
+        "batch_size": tc.batch_size,
+        "samples_per_s": tc.batch_size / times[len(times) // 2],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--warm", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--child", nargs=2, metavar=("BF16", "FLUSH"))
+    args = parser.parse_args()
+    if args.child:
+        bf16, flush = (v == "1" for v in args.child)
+        print(json.dumps(child(args.data, bf16, flush, args.warm, args.steps)))
+        return
+    rows = []
+    for bf16, flush in [(False, True), (True, True), (False, False)]:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--data",
+            str(args.data),
+            "--warm",
+            str(args.warm),
+            "--steps",
+            str(args.steps),
+            "--child",
+            str(int(bf16)),
+            str(int(flush)),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    import torch
+
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "recipe": "shapes",
+        "warm_steps": args.warm,
+        "timed_steps": args.steps,
+    }
+    (HERE / "train_throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [
+        "# Training-step throughput, shapes recipe (CPU)",
+        "",
+        "| precision | subnormals flushed | median s/step | samples/s |",
+        "|---|---|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {'bf16 autocast' if r['bf16'] else 'fp32'} | {'yes' if r['flush_denormal'] else 'no'} | "
+            f"{r['median_s_per_step']:.3f} | {r['samples_per_s']:.0f} |"
+        )
+    lines += [
+        "",
+        f"torch {meta['torch']}, {meta['threads']} threads on {meta['cpu_count']} cores; "
+        f"{args.warm} warm-up steps, then {args.steps} timed (median).",
+    ]
+    (HERE / "train_throughput.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
