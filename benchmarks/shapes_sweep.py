@@ -122,7 +122,6 @@ def main() -> None:
         write_captions(args.write_captions, args.num_samples)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.set_flush_denormal(True)
     table = load_file(args.captions)
     caps = json.loads(args.captions.with_suffix(".json").read_text())
     index = {c: i for i, c in enumerate(caps)}

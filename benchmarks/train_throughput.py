@@ -1,10 +1,9 @@
 """Training-step throughput of the shapes recipe on this machine's CPU.
 
 Times the real loss step (`CrossFlowSystem`: VE + contrastive head + DiT, AdamW, grad clipping)
-on real prepared shapes data for: fp32 vs bf16 autocast, and subnormals flushed vs not (the
-cliff `crossflow_core/runtime.py` removes). Each variant runs in a fresh process (the flush flag
-is per thread and inherited by torch's pool), trains `--warm` steps first so that weights and
-Adam moments reach the values where subnormals appear, then times `--steps` steps.
+on real prepared shapes data, fp32 vs bf16 autocast, each in a fresh process: `--warm` steps
+first, then `--steps` timed. Run it on an otherwise idle machine: torch's two intra-op threads
+sharing the cores with another busy process made steps 10-20x slower here.
 Writes benchmarks/train_throughput.{json,md}.
 
     python benchmarks/train_throughput.py --data DATA     # a `crossflow prepare --recipe shapes` dir
@@ -23,10 +22,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def child(data: Path, bf16: bool, flush: bool, warm: int, steps: int) -> dict:
+def child(data: Path, bf16: bool, warm: int, steps: int) -> dict:
     import torch
 
-    torch.set_flush_denormal(flush)
     from crossflow_core.data.arrays import load_training_arrays
     from crossflow_core.recipe import load_recipe
     from crossflow_core.train.system import Batch, CrossFlowSystem, SystemShapes
@@ -57,7 +55,6 @@ def child(data: Path, bf16: bool, flush: bool, warm: int, steps: int) -> dict:
     times.sort()
     return {
         "bf16": bf16,
-        "flush_denormal": flush,
         "median_s_per_step": times[len(times) // 2],
         "min_s_per_step": times[0],
         "batch_size": tc.batch_size,
@@ -70,14 +67,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--warm", type=int, default=30)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--child", nargs=2, metavar=("BF16", "FLUSH"))
+    parser.add_argument("--child", metavar="BF16")
     args = parser.parse_args()
     if args.child:
-        bf16, flush = (v == "1" for v in args.child)
-        print(json.dumps(child(args.data, bf16, flush, args.warm, args.steps)))
+        print(json.dumps(child(args.data, args.child == "1", args.warm, args.steps)))
         return
     rows = []
-    for bf16, flush in [(False, True), (True, True), (False, False)]:
+    for bf16 in (False, True):
         cmd = [
             sys.executable,
             __file__,
@@ -89,7 +85,6 @@ def main() -> None:
             str(args.steps),
             "--child",
             str(int(bf16)),
-            str(int(flush)),
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -108,12 +103,12 @@ def main() -> None:
     lines = [
         "# Training-step throughput, shapes recipe (CPU)",
         "",
-        "| precision | subnormals flushed | median s/step | samples/s |",
-        "|---|---|---:|---:|",
+        "| precision | median s/step | samples/s |",
+        "|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {'bf16 autocast' if r['bf16'] else 'fp32'} | {'yes' if r['flush_denormal'] else 'no'} | "
+            f"| {'bf16 autocast' if r['bf16'] else 'fp32'} | "
             f"{r['median_s_per_step']:.3f} | {r['samples_per_s']:.0f} |"
         )
     lines += [

@@ -10,7 +10,6 @@ from crossflow_cli.generate_cmd import arith_command, interp_command, sample_com
 from crossflow_cli.prepare_cmd import prepare_command
 from crossflow_cli.recipes_cmd import recipes_command
 from crossflow_cli.train_cmd import train_command
-from crossflow_core.runtime import configure_cpu_numerics
 
 app = typer.Typer(
     name="crossflow",
@@ -32,7 +31,6 @@ app.add_typer(eval_app, name="eval", help="Evaluate: fid, clip, geneval, shapes,
 
 
 def main() -> None:
-    configure_cpu_numerics()  # before torch starts its thread pool: the workers inherit the setting
     app()
 
 

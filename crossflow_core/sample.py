@@ -20,7 +20,6 @@ from crossflow_core.errors import CrossflowError
 from crossflow_core.export import ExportedConfig, load_exported, resolve_model_dir
 from crossflow_core.guidance import cfg_velocity
 from crossflow_core.model import FlowTransformer
-from crossflow_core.runtime import configure_cpu_numerics
 from crossflow_core.solvers import SOLVERS, integrate, nfe
 from crossflow_core.ve import TextVariationalEncoder, VEOutput
 
@@ -76,7 +75,6 @@ class CrossFlowPipeline:
     @classmethod
     def load(cls, model_dir: str | Path, device: str | None = None) -> CrossFlowPipeline:
         """Load RUN or RUN/model; the text encoder and latent space come from its recipe."""
-        configure_cpu_numerics()
         config, weights = load_exported(model_dir)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         recipe, shapes = config.recipe, config.shapes

@@ -10,7 +10,6 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_flush_denormal(True)  # as the CLI does at start (crossflow_core/runtime.py)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # A recipe small enough that a few training steps take well under a second on a CPU.

@@ -24,7 +24,6 @@ from crossflow_core.encoders.text import TextEncoder
 from crossflow_core.errors import CrossflowError
 from crossflow_core.export import ExportedConfig, save_exported
 from crossflow_core.recipe import Recipe
-from crossflow_core.runtime import configure_cpu_numerics
 from crossflow_core.train.batches import BatchMaker, EpochSampler
 from crossflow_core.train.callbacks import TrainCallbacks
 from crossflow_core.train.checkpoint import (
@@ -71,7 +70,6 @@ def train(
 ) -> TrainResult:
     """Train (or resume) `recipe` on the prepared dataset `data_dir`, exporting RUN/model."""
     cb = callbacks or TrainCallbacks()
-    configure_cpu_numerics()
     tc = recipe.train
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     check_run_recipe(run_dir, recipe)
