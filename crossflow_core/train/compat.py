@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from crossflow_core.errors import CrossflowError
-from crossflow_core.recipe import Recipe
+from crossflow_core.recipe import Recipe, RecipeError, from_dict
 
 # Keys that may change between invocations of the same run (continuing it, logging more often).
 RESUMABLE_KEYS = {
@@ -37,7 +37,12 @@ def check_run_recipe(run_dir: Path, recipe: Recipe) -> None:
     path = run_dir / RUN_RECIPE
     new = _flatten(recipe.to_dict())
     if path.is_file():
-        old = _flatten(json.loads(path.read_text()))
+        saved = json.loads(path.read_text())
+        try:  # fill keys added since the run started with their defaults
+            saved = from_dict(saved).to_dict()
+        except RecipeError:
+            pass
+        old = _flatten(saved)
         for key in sorted(set(old) | set(new)):
             if key in RESUMABLE_KEYS or key.startswith(("sample.", "data.")):
                 continue
