@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from crossflow_core.errors import CrossflowError
 from crossflow_core.recipe import ModelConfig
 
 
@@ -43,7 +44,9 @@ def resolve_size(cfg: ModelConfig) -> ModelSize:
         width=cfg.width or base.width, depth=cfg.depth or base.depth, heads=cfg.heads or base.heads
     )
     if size.width % size.heads:
-        raise ValueError(f"model width {size.width} must be divisible by heads {size.heads}")
+        raise CrossflowError(
+            f"model width {size.width} must be divisible by model.heads={size.heads}: change model.heads"
+        )
     return size
 
 
@@ -59,7 +62,7 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 def sincos_2d(width: int, grid_h: int, grid_w: int) -> Tensor:
     """Fixed 2-D sine-cosine position embedding [grid_h * grid_w, width]."""
     if width % 4:
-        raise ValueError(f"model width {width} must be divisible by 4")
+        raise CrossflowError(f"model.width={width} must be divisible by 4 (2-D position embedding)")
     quarter = width // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
     ys, xs = torch.meshgrid(
@@ -111,7 +114,10 @@ class FlowTransformer(nn.Module):
         channels, height, width_px = latent_shape
         p = cfg.patch_size
         if height % p or width_px % p:
-            raise ValueError(f"latent size {height}x{width_px} is not divisible by patch_size {p}")
+            raise CrossflowError(
+                f"latent size {height}x{width_px} is not divisible by model.patch_size={p}: "
+                "choose a patch size that divides it"
+            )
         size = resolve_size(cfg)
         self.latent_shape = tuple(latent_shape)
         self.patch_size = p

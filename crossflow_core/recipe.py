@@ -241,8 +241,59 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
 
 
 def from_dict(data: dict[str, Any]) -> Recipe:
-    """Build a `Recipe` from a plain mapping, checking every key, type and choice."""
-    return _build(Recipe, data, prefix="")
+    """Build a `Recipe` from a plain mapping, checking every key, type, choice and range."""
+    recipe = _build(Recipe, data, prefix="")
+    _check_ranges(recipe)
+    return recipe
+
+
+_POSITIVE = "must be > 0"
+_NON_NEGATIVE = "must be >= 0"
+_RANGES: tuple[tuple[str, Any, str], ...] = (
+    ("data.image_size", lambda v: v >= 16, "must be >= 16"),
+    ("data.num_samples", lambda v: v >= 1, _POSITIVE),
+    ("data.shard_size", lambda v: v >= 1, _POSITIVE),
+    ("text_encoder.max_length", lambda v: v >= 1, _POSITIVE),
+    ("ve.width", lambda v: v >= 1, _POSITIVE),
+    ("ve.depth", lambda v: v >= 1, _POSITIVE),
+    ("ve.heads", lambda v: v >= 1, _POSITIVE),
+    ("ve.ffn", lambda v: v >= 1, _POSITIVE),
+    ("ve.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("ve.reduce_layers", lambda v: v >= 0, _NON_NEGATIVE),
+    ("ve.kl_weight", lambda v: v >= 0, _NON_NEGATIVE),
+    ("ve.enc_weight", lambda v: v >= 0, _NON_NEGATIVE),
+    ("ve.image_encoder_width", lambda v: v >= 1, _POSITIVE),
+    ("model.patch_size", lambda v: v >= 1, _POSITIVE),
+    ("model.width", lambda v: v is None or v >= 4, "must be >= 4"),
+    ("model.depth", lambda v: v is None or v >= 1, _POSITIVE),
+    ("model.heads", lambda v: v is None or v >= 1, _POSITIVE),
+    ("model.mlp_ratio", lambda v: v > 0, _POSITIVE),
+    ("flow.sigma_min", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("flow.cfg_indicator", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ("train.steps", lambda v: v >= 0, _NON_NEGATIVE),
+    ("train.batch_size", lambda v: v >= 1, _POSITIVE),
+    ("train.lr", lambda v: v > 0, _POSITIVE),
+    ("train.weight_decay", lambda v: v >= 0, _NON_NEGATIVE),
+    ("train.betas", lambda v: all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
+    ("train.warmup_steps", lambda v: v >= 0, _NON_NEGATIVE),
+    ("train.ema_decay", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("train.grad_clip", lambda v: v is None or v > 0, "must be > 0, or null to disable"),
+    ("train.ve_steps", lambda v: v >= 0, _NON_NEGATIVE),
+    ("train.checkpoint_every", lambda v: v >= 0, _NON_NEGATIVE),
+    ("train.keep_checkpoints", lambda v: v >= 1, _POSITIVE),
+    ("train.sample_every", lambda v: v >= 0, _NON_NEGATIVE),
+    ("train.log_every", lambda v: v >= 1, _POSITIVE),
+    ("sample.steps", lambda v: v >= 1, _POSITIVE),
+    ("sample.batch_size", lambda v: v >= 1, _POSITIVE),
+)
+
+
+def _check_ranges(recipe: Recipe) -> None:
+    for key, ok, rule in _RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(recipe, section), name)
+        if not ok(value):
+            raise RecipeError(f"{key}={value!r} {rule}")
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

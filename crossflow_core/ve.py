@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from crossflow_core.errors import CrossflowError
 from crossflow_core.recipe import VEConfig
 
 
@@ -34,7 +35,13 @@ class TextVariationalEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if cfg.width % cfg.heads:
-            raise ValueError(f"ve.width ({cfg.width}) must be divisible by ve.heads ({cfg.heads})")
+            raise CrossflowError(
+                f"ve.width={cfg.width} must be divisible by ve.heads={cfg.heads}: change ve.heads"
+            )
+        if cfg.width >> cfg.reduce_layers < 1:
+            raise CrossflowError(
+                f"ve.reduce_layers={cfg.reduce_layers} halves ve.width={cfg.width} below 1: use fewer"
+            )
         self.latent_shape = tuple(latent_shape)
         self.num_tokens = num_tokens
         self.input_proj = nn.Linear(token_dim, cfg.width)

@@ -47,6 +47,11 @@ def test_overrides_are_typed():
         ("data.precompute_text=maybe", "data.precompute_text: expected true or false"),
         ("train.steps", "must look like section.key=value"),
         ("train.steps.x=1", "train.steps is not a section"),
+        ("train.steps=-1", "train.steps=-1 must be >= 0"),
+        ("train.batch_size=0", "train.batch_size=0 must be > 0"),
+        ("flow.cfg_indicator=1.5", "flow.cfg_indicator=1.5 must be in [0, 1]"),
+        ("train.ema_decay=1", "train.ema_decay=1.0 must be in [0, 1)"),
+        ("data.image_size=8", "data.image_size=8 must be >= 16"),
     ],
 )
 def test_bad_overrides_name_key_and_value(override, expected):

@@ -17,6 +17,7 @@ from torch import Tensor
 from crossflow_core.data.arrays import TrainingArrays
 from crossflow_core.encoders.latents import LatentSpace, to_model_range
 from crossflow_core.encoders.text import TextEncoder
+from crossflow_core.errors import CrossflowError
 from crossflow_core.train.system import Batch
 
 
@@ -25,11 +26,15 @@ class EpochSampler:
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
         if num_samples < batch_size:
-            raise ValueError(
-                f"the dataset has {num_samples} samples, fewer than train.batch_size={batch_size}"
+            raise CrossflowError(
+                f"the dataset has {num_samples} samples, fewer than train.batch_size={batch_size}: "
+                f"--set train.batch_size={max(1, num_samples // world * world)} or prepare more data"
             )
         if batch_size % world:
-            raise ValueError(f"train.batch_size={batch_size} must be divisible by the {world} processes")
+            raise CrossflowError(
+                f"train.batch_size={batch_size} must be divisible by the {world} processes: "
+                f"--set train.batch_size={max(world, batch_size // world * world)}"
+            )
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world = rank, world
         self.epoch, self.position = 0, 0
