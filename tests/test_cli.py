@@ -30,34 +30,27 @@ def trained_run(tmp_path_factory, tiny_overrides) -> Path:
     assert result.exit_code == 0, result.output
     manifest = json.loads((root / "data" / "manifest.json").read_text())
     assert manifest["num_samples"] == 64
-    result = invoke(
-        "train",
-        "--recipe",
-        "shapes",
-        "--data",
-        root / "data",
-        "--out",
-        root / "run",
-        *sets(tiny_overrides),
-        "--set",
-        "train.steps=3",
-    )
+
+    def train(steps: int):
+        out = root / "run"
+        return invoke(
+            "train",
+            "--recipe",
+            "shapes",
+            "--data",
+            root / "data",
+            "--out",
+            out,
+            *sets(tiny_overrides),
+            "--set",
+            f"train.steps={steps}",
+        )
+
+    result = train(3)
     assert result.exit_code == 0, result.output
     assert (root / "run" / "model" / "model.safetensors").is_file()
     assert (root / "run" / "loss.png").is_file()
-    # the same command with more steps continues the run
-    result = invoke(
-        "train",
-        "--recipe",
-        "shapes",
-        "--data",
-        root / "data",
-        "--out",
-        root / "run",
-        *sets(tiny_overrides),
-        "--set",
-        "train.steps=4",
-    )
+    result = train(4)  # the same command with more steps continues the run
     assert result.exit_code == 0, result.output
     assert "resuming from step 3" in result.output
     return root / "run"
@@ -155,9 +148,28 @@ def test_eval_fid_generates_from_a_model(trained_run, tmp_path, monkeypatch):
         Image.fromarray(world.sample(i).image).save(ref / f"{i}.png")
     prompts = ["a red circle", "a blue square", "two green triangles", "a yellow circle"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    args = ["eval", "fid", "--model", trained_run, "--prompts", tmp_path / "prompts.txt", ref,
-            "--weights", tmp_path / "random_inception.pth", "--metrics", "fid", "--feature-layer", "64",
-            "--steps", "2", "--cfg-scale", "2", "--json", "--save-images", tmp_path / "gen"]
+    args = [
+        "eval",
+        "fid",
+        "--model",
+        trained_run,
+        "--prompts",
+        tmp_path / "prompts.txt",
+        ref,
+        "--weights",
+        tmp_path / "random_inception.pth",
+        "--metrics",
+        "fid",
+        "--feature-layer",
+        "64",
+        "--steps",
+        "2",
+        "--cfg-scale",
+        "2",
+        "--json",
+        "--save-images",
+        tmp_path / "gen",
+    ]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     (fid,) = json.loads(result.stdout)["results"]

@@ -113,3 +113,12 @@ def test_export_load_gives_identical_samples(tiny_overrides, tiny_data, tmp_path
     groups, _ = final_groups(tmp_path / "run")
     ema = groups["ema"]
     assert torch.equal(pipe.flow.state_dict()["final_proj.weight"].cpu(), ema["flow.final_proj.weight"])
+
+
+def test_a_run_that_failed_before_training_can_restart_with_another_recipe(
+    tiny_overrides, tiny_data, tmp_path
+):
+    with pytest.raises(CrossflowError, match="fewer than train.batch_size=1000"):
+        run(tiny_overrides, tiny_data, tmp_path / "r", "train.steps=1", "train.batch_size=1000")
+    assert not (tmp_path / "r" / "model").exists()
+    assert run(tiny_overrides, tiny_data, tmp_path / "r", "train.steps=1").step == 1

@@ -9,6 +9,7 @@ from typing import Any
 
 from crossflow_core.errors import CrossflowError
 from crossflow_core.recipe import Recipe, RecipeError, from_dict
+from crossflow_core.train.checkpoint import Checkpointer
 
 # Keys that may change between invocations of the same run (continuing it, logging more often).
 RESUMABLE_KEYS = {
@@ -33,10 +34,13 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def check_run_recipe(run_dir: Path, recipe: Recipe) -> None:
-    """Refuse to continue a run with a different recipe; record the recipe of a new run."""
+    """Refuse to continue a run with a different recipe; record the recipe of a new run.
+
+    A run without a complete checkpoint has trained nothing yet, so any recipe may (re)start it.
+    """
     path = run_dir / RUN_RECIPE
     new = _flatten(recipe.to_dict())
-    if path.is_file():
+    if path.is_file() and Checkpointer(run_dir, 0, 1).latest() is not None:
         saved = json.loads(path.read_text())
         try:  # fill keys added since the run started with their defaults
             saved = from_dict(saved).to_dict()
@@ -51,7 +55,7 @@ def check_run_recipe(run_dir: Path, recipe: Recipe) -> None:
                     f"{run_dir} was trained with {key}={old.get(key)!r}, not {new.get(key)!r}: "
                     f"use a new --out, or --set {key}={old.get(key)!r} to continue it"
                 )
-    elif run_dir.exists() and any(p.name not in {"checkpoints", "model"} for p in run_dir.iterdir()):
+    elif not path.is_file() and run_dir.exists() and any(p.name != "checkpoints" for p in run_dir.iterdir()):
         raise CrossflowError(f"{run_dir} exists and is not a crossflow run: choose a new --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{RUN_RECIPE}.tmp-{os.getpid()}")
