@@ -2,7 +2,7 @@
 
 `config.json` holds the recipe, the data shapes the networks were built for, and the
 identities of the text encoder and latent space; `model.safetensors` holds the (EMA)
-weights of the VE (`ve.*`) and the flow transformer (`flow.*`). Written atomically.
+weights of the VE (`ve.*`) and the flow network (`flow.*`, DiT or U-Net). Written atomically.
 """
 
 from __future__ import annotations

@@ -186,3 +186,14 @@ class FlowTransformer(nn.Module):
         gh, gw = self.grid
         h = h.view(h.shape[0], gh, gw, p, p, c)
         return torch.einsum("bhwpqc->bchpwq", h).reshape(h.shape[0], c, gh * p, gw * p)
+
+
+def build_flow_model(cfg: ModelConfig, latent_shape: tuple[int, int, int]) -> nn.Module:
+    """The recipe's velocity network: `FlowTransformer` (arch "dit") or `FlowUNet` (arch "unet").
+
+    Both map (x [B, C, H, W], t [B], indicator [B]) -> velocity [B, C, H, W]."""
+    if cfg.arch == "unet":
+        from crossflow_core.unet import FlowUNet
+
+        return FlowUNet(cfg, latent_shape)
+    return FlowTransformer(cfg, latent_shape)

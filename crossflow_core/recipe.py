@@ -82,8 +82,16 @@ class VEConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The velocity transformer over latent patches (no cross-attention)."""
+    """The velocity network over image latents (no cross-attention, never sees text).
 
+    arch "dit": the official DiT variant, a transformer over latent patches (size, patch_size,
+    width, depth, heads, mlp_ratio, long_skips, final_conv). arch "unet": a convolutional U-Net
+    with self-attention at its low resolutions (diffusers `UNet2DModel`; unet_* keys), a
+    conv/transformer hybrid in the spirit of the official DiMR backbone, which learns shapes in
+    far fewer steps at small scale (the CPU demo).
+    """
+
+    arch: Literal["dit", "unet"] = "dit"
     size: Literal["tiny", "small", "base", "large", "xl", "huge"] = "tiny"
     patch_size: int = 4
     width: int | None = None  # overrides the size's width
@@ -92,6 +100,10 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     long_skips: bool = False  # U-ViT long skips: block i feeds block depth-1-i (concat + linear)
     final_conv: bool = False  # a 3x3 conv on the unpatchified output, so patch borders agree
+    unet_channels: tuple[int, ...] = (32, 64, 128)  # channels per resolution level (halving H, W)
+    unet_layers: int = 1  # residual blocks per level on the way down (one more on the way up)
+    unet_attention: tuple[bool, ...] = (False, False, True)  # self-attention at each level
+    unet_head_dim: int = 32  # channels per attention head
 
 
 @dataclass(frozen=True)
@@ -268,6 +280,13 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("model.depth", lambda v: v is None or v >= 1, _POSITIVE),
     ("model.heads", lambda v: v is None or v >= 1, _POSITIVE),
     ("model.mlp_ratio", lambda v: v > 0, _POSITIVE),
+    (
+        "model.unet_channels",
+        lambda v: len(v) >= 1 and min(v) >= 1,
+        "must be a non-empty list of positive ints",
+    ),
+    ("model.unet_layers", lambda v: v >= 1, _POSITIVE),
+    ("model.unet_head_dim", lambda v: v >= 1, _POSITIVE),
     ("flow.sigma_min", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("flow.cfg_indicator", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("train.steps", lambda v: v >= 0, _NON_NEGATIVE),
@@ -294,6 +313,12 @@ def _check_ranges(recipe: Recipe) -> None:
         value = getattr(getattr(recipe, section), name)
         if not ok(value):
             raise RecipeError(f"{key}={value!r} {rule}")
+    model = recipe.model
+    if len(model.unet_attention) != len(model.unet_channels):
+        raise RecipeError(
+            f"model.unet_attention={list(model.unet_attention)} needs one true/false per level of "
+            f"model.unet_channels={list(model.unet_channels)}"
+        )
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

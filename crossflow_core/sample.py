@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from crossflow_core.encoders.latents import LatentSpace, build_latent_space
 from crossflow_core.encoders.text import TextEncoder
 from crossflow_core.errors import CrossflowError
 from crossflow_core.export import ExportedConfig, load_exported, resolve_model_dir
 from crossflow_core.guidance import cfg_velocity
-from crossflow_core.model import FlowTransformer
+from crossflow_core.model import build_flow_model
 from crossflow_core.solvers import SOLVERS, integrate, nfe
 from crossflow_core.ve import TextVariationalEncoder, VEOutput
 
@@ -50,20 +50,20 @@ def seeded_noise(shape: tuple[int, ...], seeds: list[int]) -> Tensor:
 
 
 @torch.inference_mode()
-def sample_latents(flow: FlowTransformer, z0: Tensor, settings: SampleSettings) -> Tensor:
+def sample_latents(flow: nn.Module, z0: Tensor, settings: SampleSettings) -> Tensor:
     """Integrate the guided velocity from z0 [B, C, H, W] (t = 0) to image latents (t = 1)."""
     velocity = cfg_velocity(flow, settings.cfg_scale)
     return integrate(velocity, z0, settings.steps, settings.solver)
 
 
 class CrossFlowPipeline:
-    """A loaded model: text encoder, VE, flow transformer and latent space on one device."""
+    """A loaded model: text encoder, VE, flow network and latent space on one device."""
 
     def __init__(
         self,
         config: ExportedConfig,
         ve: TextVariationalEncoder,
-        flow: FlowTransformer,
+        flow: nn.Module,
         text_encoder: TextEncoder,
         latent_space: LatentSpace,
         device: torch.device,
@@ -79,7 +79,7 @@ class CrossFlowPipeline:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         recipe, shapes = config.recipe, config.shapes
         ve = TextVariationalEncoder(recipe.ve, shapes.token_dim, shapes.num_tokens, shapes.latent_shape)
-        flow = FlowTransformer(recipe.model, shapes.latent_shape)
+        flow = build_flow_model(recipe.model, shapes.latent_shape)
         for prefix, module in (("ve.", ve), ("flow.", flow)):
             part = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
             try:

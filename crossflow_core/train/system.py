@@ -1,4 +1,4 @@
-"""The trainable CrossFlow system (VE + flow transformer + L_enc head) and its loss step.
+"""The trainable CrossFlow system (VE + flow network + L_enc head) and its loss step.
 
 The training loop calls `system(batch, phase)` (forward = the loss step) and knows no flow maths.
 Phases: "joint" (L_FM + L_enc + lambda*KL, gradients from the flow reach the VE), "ve"
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from crossflow_core.guidance import null_pairs
 from crossflow_core.losses import flow_matching_loss, kl_loss
-from crossflow_core.model import FlowTransformer
+from crossflow_core.model import build_flow_model
 from crossflow_core.path import CrossFlowPath, sample_time
 from crossflow_core.recipe import FlowConfig, ModelConfig, VEConfig
 from crossflow_core.ve import TextVariationalEncoder
@@ -66,7 +66,7 @@ class CrossFlowSystem(nn.Module):
         super().__init__()
         self.ve_cfg, self.flow_cfg, self.shapes = ve_cfg, flow_cfg, shapes
         self.ve = TextVariationalEncoder(ve_cfg, shapes.token_dim, shapes.num_tokens, shapes.latent_shape)
-        self.flow = FlowTransformer(model_cfg, shapes.latent_shape)
+        self.flow = build_flow_model(model_cfg, shapes.latent_shape)
         self.objective = build_objective(ve_cfg, shapes.latent_shape, shapes.token_dim, shapes.num_tokens)
         self.path = CrossFlowPath(flow_cfg.sigma_min)
 

@@ -1,0 +1,62 @@
+"""The convolutional velocity network (arch "unet"): invariants and recipe errors (its known-solution
+fit is in test_networks.py, shared with the DiT)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crossflow_core.errors import CrossflowError
+from crossflow_core.model import FlowTransformer, build_flow_model
+from crossflow_core.recipe import ModelConfig, RecipeError, load_recipe
+from crossflow_core.unet import FlowUNet
+
+UNET = ModelConfig(arch="unet", unet_channels=(8, 16), unet_attention=(False, True), unet_head_dim=8)
+
+
+def test_the_recipe_arch_picks_the_network():
+    assert isinstance(build_flow_model(UNET, (3, 16, 16)), FlowUNet)
+    assert isinstance(build_flow_model(ModelConfig(width=32, depth=1, heads=2), (3, 16, 16)), FlowTransformer)
+    assert load_recipe("shapes").model.arch == "unet"
+    assert load_recipe("t2i_256").model.arch == "dit"
+
+
+@pytest.mark.parametrize("latent", [(3, 16, 16), (4, 8, 12)])
+def test_unet_batched_equals_single_and_sees_time_and_indicator(latent):
+    torch.manual_seed(0)
+    model = FlowUNet(UNET, latent).eval()
+    x, t, ind = torch.randn(3, *latent), torch.rand(3), torch.tensor([1, 0, 1])
+    out = model(x, t, ind)
+    assert out.shape == x.shape
+    single = torch.cat([model(x[i : i + 1], t[i : i + 1], ind[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(out, single, atol=1e-5, rtol=1e-4)
+    ones, zeros = torch.ones(3, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+    assert not torch.allclose(model(x, t, ones), model(x, t, zeros))
+    assert not torch.allclose(model(x, t, ind), model(x, 1 - t, ind))
+    # a scalar time is broadcast over the batch
+    torch.testing.assert_close(model(x, torch.tensor(0.3), ind), model(x, torch.full((3,), 0.3), ind))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.unet_attention=[true]"], "needs one true/false per level"),
+        (["model.unet_channels=[]", "model.unet_attention=[]"], "model.unet_channels"),
+        (["model.unet_channels=[8, 0]"], "model.unet_channels"),
+        (["model.unet_layers=0"], "model.unet_layers"),
+        (["model.arch=convnet"], "model.arch"),
+    ],
+)
+def test_bad_unet_recipes_fail_at_load(overrides, message):
+    with pytest.raises(RecipeError, match=message.replace("[", r"\[")):
+        load_recipe("shapes", overrides)
+
+
+def test_unet_refuses_latents_its_levels_cannot_halve_and_bad_head_dims():
+    with pytest.raises(CrossflowError, match="not divisible by 2"):
+        FlowUNet(UNET, (3, 15, 16))
+    with pytest.raises(CrossflowError, match="unet_head_dim"):
+        FlowUNet(
+            ModelConfig(arch="unet", unet_channels=(8, 12), unet_attention=(False, True), unet_head_dim=8),
+            (3, 16, 16),
+        )
