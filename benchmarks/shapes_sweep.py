@@ -11,6 +11,10 @@ several seeds and CFG scales and scores colour and shape with the shapes checker
     python benchmarks/shapes_sweep.py --write-captions .device/captions.safetensors
     python benchmarks/shapes_sweep.py --captions .device/captions.safetensors \
         --configs sweep.json --out results.json
+
+Configs are a JSON list of {"name", "set": [recipe overrides], "eval_at": [steps] or
+"budget_s" + "evals", "cfg_scales"}; benchmarks/shapes_arch_configs.json compares the DiT and
+the U-Net at equal CPU wall time (results: shapes_arch.{json,md}).
 """
 
 from __future__ import annotations
@@ -81,9 +85,17 @@ def run(config: dict, table, index, images, cap_ids, device) -> dict:
     opt = torch.optim.AdamW(system.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
     ema = copy.deepcopy(system).eval()
-    results, t0 = [], time.time()
+    results, train_s = [], 0.0
     gen = torch.Generator().manual_seed(0)
-    for step in range(1, tc.steps + 1):
+    # "budget_s": train for that many seconds (evaluating at `evals` equal shares of it) instead
+    # of train.steps, so that networks of different speed are compared at equal wall time.
+    budget = config.get("budget_s")
+    eval_times = (
+        [budget * (k + 1) / config.get("evals", 1) for k in range(config.get("evals", 1))] if budget else []
+    )
+    bf16 = tc.mixed_precision == "bf16"
+    for step in range(1, 10**9 if budget else tc.steps + 1):
+        started = time.time()
         idx = torch.randint(0, images.shape[0], (tc.batch_size,), generator=gen)
         ids = cap_ids[idx]
         batch = Batch(
@@ -91,7 +103,8 @@ def run(config: dict, table, index, images, cap_ids, device) -> dict:
             table["tokens"][ids].to(device).float(),
             table["mask"][ids].to(device).bool(),
         )
-        out = system(batch, "joint")
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = system(batch, "joint")
         out.total.backward()
         if tc.grad_clip:
             torch.nn.utils.clip_grad_norm_(system.parameters(), tc.grad_clip)
@@ -102,12 +115,44 @@ def run(config: dict, table, index, images, cap_ids, device) -> dict:
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), system.parameters()):
                 pe.lerp_(p, 1 - decay)
-        if step in config.get("eval_at", [tc.steps]):
+        train_s += time.time() - started
+        due = eval_times and train_s >= eval_times[0]
+        if due or (not budget and step in config.get("eval_at", [tc.steps])):
             grid = Path(config["grids"]) / f"{config['name']}_{step}" if config.get("grids") else None
             acc = evaluate(ema, table, index, device, config.get("cfg_scales", [1.0, 3.0]), grid=grid)
-            results.append({"step": step, "losses": out.as_floats(), "acc": acc, "time_s": time.time() - t0})
+            results.append(
+                {
+                    "step": step,
+                    "losses": out.as_floats(),
+                    "acc": acc,
+                    "time_s": train_s,
+                    "s_per_step": train_s / step,
+                }
+            )
             print(json.dumps({"name": config["name"], **results[-1]}), flush=True)
-    return {"name": config["name"], "set": config["set"], "evals": results}
+            if due:
+                eval_times.pop(0)
+                if not eval_times:
+                    break
+    params = sum(p.numel() for p in system.flow.parameters())
+    return {"name": config["name"], "set": config["set"], "flow_params": params, "evals": results}
+
+
+def markdown(data: dict) -> str:
+    """A table: one row per evaluation, single-object colour+shape accuracy per CFG scale."""
+    scales = sorted({k for r in data["results"] for e in r["evals"] for k in e["acc"]})
+    lines = [
+        f"| config | flow params | steps | train s | s/step | fm loss | {' | '.join(scales)} |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(scales),
+    ]
+    for r in data["results"]:
+        for e in r["evals"]:
+            accs = " | ".join(f"{e['acc'].get(s, float('nan')):.3f}" for s in scales)
+            lines.append(
+                f"| {r['name']} | {r['flow_params'] / 1e6:.2f}M | {e['step']} | {e['time_s']:.0f} | "
+                f"{e['s_per_step']:.3f} | {e['losses']['fm']:.4f} | {accs} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -131,7 +176,14 @@ def main() -> None:
     cap_ids = torch.tensor([index[s.caption] for s in samples])
     configs = json.loads(args.configs.read_text())
     all_results = [run(c, table, index, images, cap_ids, device) for c in configs]
-    args.out.write_text(json.dumps({"device": str(device), "results": all_results}, indent=1))
+    data = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "results": all_results,
+    }
+    args.out.write_text(json.dumps(data, indent=1))
+    args.out.with_suffix(".md").write_text(markdown(data))
 
 
 if __name__ == "__main__":
