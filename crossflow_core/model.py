@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crossflow_core.errors import CrossflowError
+from crossflow_core.path import batch_times
 from crossflow_core.recipe import ModelConfig
 
 
@@ -165,7 +166,7 @@ class FlowTransformer(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, indicator: Tensor) -> Tensor:
         b = x.shape[0]
-        t = t.expand(b) if t.dim() == 0 or t.shape[0] == 1 else t
+        t = batch_times(t, b)
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
         c = self.time_mlp(timestep_embedding(t, 256).to(h.dtype)) + self.indicator_embed(indicator.long())
         depth, saved = len(self.blocks), []

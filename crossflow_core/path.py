@@ -39,6 +39,11 @@ class PathSample:
     target: Tensor
 
 
+def batch_times(t: Tensor, batch: int) -> Tensor:
+    """One time per sample: a scalar or [1] t becomes [batch]; a [batch] t is returned as is."""
+    return t.expand(batch) if t.dim() == 0 or t.shape[0] == 1 else t
+
+
 def _expand_time(t: Tensor, like: Tensor) -> Tensor:
     """Reshape t [B] to [B, 1, ..., 1] so that it broadcasts against `like` [B, ...]."""
     return t.reshape(t.shape[0], *([1] * (like.dim() - 1))).to(like.dtype)

@@ -314,11 +314,19 @@ def _check_ranges(recipe: Recipe) -> None:
         if not ok(value):
             raise RecipeError(f"{key}={value!r} {rule}")
     model = recipe.model
-    if len(model.unet_attention) != len(model.unet_channels):
+    channels = list(model.unet_channels)
+    if len(model.unet_attention) != len(channels):
+        attention = "[" + ", ".join(str(a).lower() for a in model.unet_attention) + "]"
         raise RecipeError(
-            f"model.unet_attention={list(model.unet_attention)} needs one true/false per level of "
-            f"model.unet_channels={list(model.unet_channels)}"
+            f"model.unet_attention={attention} needs one true/false per level of "
+            f"model.unet_channels={channels}"
         )
+    for ch, attn in zip(channels, model.unet_attention):
+        if attn and ch % model.unet_head_dim:
+            raise RecipeError(
+                f"model.unet_head_dim={model.unet_head_dim} does not divide the {ch} channels of a U-Net "
+                "level with attention: change model.unet_head_dim or model.unet_channels"
+            )
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

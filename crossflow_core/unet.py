@@ -17,6 +17,7 @@ import math
 from torch import Tensor, nn
 
 from crossflow_core.errors import CrossflowError
+from crossflow_core.path import batch_times
 from crossflow_core.recipe import ModelConfig
 
 
@@ -40,12 +41,6 @@ class FlowUNet(nn.Module):
                 f"latent size {height}x{width} is not divisible by {factor}, which "
                 f"{levels} U-Net levels (model.unet_channels) need: use fewer levels"
             )
-        for ch, attn in zip(cfg.unet_channels, cfg.unet_attention):
-            if attn and ch % cfg.unet_head_dim:
-                raise CrossflowError(
-                    f"U-Net level with {ch} channels has attention but is not divisible by "
-                    f"model.unet_head_dim={cfg.unet_head_dim}: change one of them"
-                )
         self.latent_shape = tuple(latent_shape)
         self.unet = UNet2DModel(
             sample_size=(height, width),
@@ -62,5 +57,5 @@ class FlowUNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, indicator: Tensor) -> Tensor:
         b = x.shape[0]
-        t = t.expand(b) if t.dim() == 0 or t.shape[0] == 1 else t
+        t = batch_times(t, b)
         return self.unet(x, 1000.0 * t, class_labels=indicator.long()).sample
