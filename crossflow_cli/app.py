@@ -10,10 +10,11 @@ from crossflow_cli.generate_cmd import arith_command, interp_command, sample_com
 from crossflow_cli.prepare_cmd import prepare_command
 from crossflow_cli.recipes_cmd import recipes_command
 from crossflow_cli.train_cmd import train_command
+from crossflow_cli.upscale_cmd import upscale_command
 
 app = typer.Typer(
     name="crossflow",
-    help="CrossFlow: flow matching from text latents straight to image latents (arXiv 2412.15213).",
+    help="CrossFlow: flow matching from one modality straight to another (arXiv 2412.15213).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -23,6 +24,7 @@ app.command("train", help="Train the text VE and the flow model (resumes RUN if 
 app.command("sample", help="Generate images for prompts.")(sample_command)
 app.command("arith", help='Latent arithmetic: crossflow arith --model RUN "dog + hat - cat".')(arith_command)
 app.command("interp", help="Interpolate between two prompts' latents.")(interp_command)
+app.command("upscale", help="Super-resolution: upscale low-res images with an SR model.")(upscale_command)
 app.command("demo", help="prepare -> train -> sample on the built-in shapes world (CPU, minutes).")(
     demo_command
 )

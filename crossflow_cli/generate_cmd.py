@@ -1,62 +1,38 @@
-"""`crossflow sample`, `crossflow arith`, `crossflow interp`: images from a trained model."""
+"""`crossflow sample`, `crossflow arith`, `crossflow interp`: images from a trained text -> image model."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
-from torchvision.utils import save_image
 
-from crossflow_cli.common import console, user_errors
+from crossflow_cli.common import (
+    BatchOption,
+    CfgOption,
+    DeviceOption,
+    ModelOption,
+    OutOption,
+    SeedOption,
+    SolverOption,
+    StepsOption,
+    console,
+    user_errors,
+)
 from crossflow_core.errors import CrossflowError
-
-ModelOption = Annotated[Path, typer.Option("--model", "-m", help="Training run directory (or RUN/model).")]
-OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output directory for the PNGs.")]
-StepsOption = Annotated[int | None, typer.Option(help="ODE steps (default: the recipe's sample.steps).")]
-SolverOption = Annotated[str | None, typer.Option(help="euler | heun (default: the recipe's).")]
-CfgOption = Annotated[float | None, typer.Option("--cfg-scale", help="Guidance scale; 1 = no guidance.")]
-SeedOption = Annotated[int, typer.Option(help="Seed of the first sample; sample i uses seed + i.")]
-BatchOption = Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")]
-DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")]
+from crossflow_core.outputs import save_outputs, slug
 
 
-def load_pipeline(model: Path, device: str | None):
-    from crossflow_core.sample import CrossFlowPipeline
+def load_model(model: Path, device: str | None, kind: str | None = "text"):
+    from crossflow_core.pipeline import load_pipeline
 
     with console.status("loading model"):
-        return CrossFlowPipeline.load(model, device=device)
-
-
-def settings_for(pipe, steps, solver, cfg_scale, seed, batch_size):
-    from crossflow_core.sample import SampleSettings
-
-    defaults = pipe.config.recipe.sample
-    settings = SampleSettings(
-        steps=steps if steps is not None else defaults.steps,
-        solver=solver if solver is not None else defaults.solver,
-        cfg_scale=cfg_scale if cfg_scale is not None else defaults.cfg_scale,
-        seed=seed,
-        batch_size=batch_size,
-    )
-    settings.check()
-    return settings
-
-
-def slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
-
-
-def save_png(image: torch.Tensor, path: Path, nrow: int = 8) -> None:
-    """Write an image [3, H, W] or a grid of [N, 3, H, W] in [0, 1] atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    save_image(image, tmp, nrow=nrow, padding=2, pad_value=1.0)
-    os.replace(tmp, path)
+        pipe = load_pipeline(model, device)
+    if kind is not None:
+        pipe.require_source(kind, "this command")
+    return pipe
 
 
 def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
@@ -70,6 +46,17 @@ def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     if any(not p.strip() for p in items):
         raise CrossflowError("a prompt is empty: every prompt needs some text")
     return items
+
+
+def _settings(pipe, **values):
+    from crossflow_core.recipe import RecipeError
+
+    try:
+        return pipe.defaults.with_overrides(**values)
+    except RecipeError as exc:
+        # the option names, not the recipe keys (sample.batch_size -> --batch-size); values untouched
+        message = re.sub(r"\bsample\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(exc))
+        raise CrossflowError(message) from None
 
 
 @user_errors
@@ -91,19 +78,23 @@ def sample_command(
     items = read_prompts(prompts or [], prompts_file)
     if n < 1:
         raise CrossflowError(f"--n must be at least 1, got {n}")
-    pipe = load_pipeline(model, device)
-    settings = settings_for(pipe, steps, solver, cfg_scale, seed, batch_size)
+    pipe = load_model(model, device)
+    settings = _settings(
+        pipe, steps=steps, solver=solver, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size
+    )
     expanded = [p for p in items for _ in range(n)]
     with console.status(f"sampling {len(expanded)} images ({pipe.nfe(settings)} NFE each)"):
         images = pipe.generate(expanded, settings)
-    records = []
-    for i, (prompt, image) in enumerate(zip(expanded, images)):
-        name = f"{i:04d}_{slug(prompt)}.png"
-        save_png(image, out / name)
-        records.append({"file": name, "prompt": prompt, "seed": seed + i})
-    save_png(images, out / "grid.png", nrow=n if n > 1 else min(8, len(expanded)))
-    meta = {"model": str(model), "settings": settings.__dict__, "nfe": pipe.nfe(settings), "samples": records}
-    (out / "samples.json").write_text(json.dumps(meta, indent=2))
+    names = [f"{i:04d}_{slug(p)}.png" for i, p in enumerate(expanded)]
+    record = {
+        "model": str(model),
+        "settings": settings.settings(),
+        "nfe": pipe.nfe(settings),
+        "samples": [
+            {"file": f, "prompt": p, "seed": seed + i} for i, (f, p) in enumerate(zip(names, expanded))
+        ],
+    }
+    save_outputs(images, out, names, record, "samples.json", nrow=n if n > 1 else min(8, len(expanded)))
     console.print(f"wrote {len(expanded)} images and grid.png to {out}")
 
 
@@ -124,19 +115,27 @@ def arith_command(
     from crossflow_core.arith import standardize as standardize_fn
 
     expr = parse_expression(expression)  # malformed: one line with a column, exit 2
-    pipe = load_pipeline(model, device)
-    settings = settings_for(pipe, steps, solver, cfg_scale, 0, 64)
+    pipe = load_model(model, device)
+    settings = _settings(pipe, steps=steps, solver=solver, cfg_scale=cfg_scale)
     texts = [term.text for term in expr.terms]
     z = combine(expr, lambda prompts: pipe.encode(prompts).mu)
     if standardize:
         z = standardize_fn(z.unsqueeze(0)).squeeze(0)
-    terms_mu = pipe.encode(texts).mu
-    images = pipe.generate_from_z0(torch.cat([terms_mu, z.unsqueeze(0)]), settings)
-    save_png(images[-1], out / "result.png")
-    save_png(images, out / "terms_and_result.png", nrow=len(images))
-    meta = {"expression": expression, "terms": [{"text": t.text, "weight": t.weight} for t in expr.terms]}
-    (out / "arith.json").write_text(
-        json.dumps({**meta, "standardize": standardize, "settings": settings.__dict__}, indent=2)
+    images = pipe.generate_from_z0(torch.cat([pipe.encode(texts).mu, z.unsqueeze(0)]), settings)
+    record = {
+        "expression": expression,
+        "terms": [{"text": t.text, "weight": t.weight} for t in expr.terms],
+        "standardize": standardize,
+        "settings": settings.settings(),
+    }
+    save_outputs(
+        images,
+        out,
+        [f"term_{i}_{slug(t)}.png" for i, t in enumerate(texts)] + ["result.png"],
+        record,
+        "arith.json",
+        grid="terms_and_result.png",
+        nrow=len(images),
     )
     console.print(
         f"wrote result.png and terms_and_result.png (terms: {', '.join(texts)}, then result) to {out}"
@@ -159,13 +158,19 @@ def interp_command(
         raise CrossflowError(f"--frames must be at least 2, got {frames}")
     if not prompt_a.strip() or not prompt_b.strip():
         raise CrossflowError("both prompts need some text")
-    pipe = load_pipeline(model, device)
-    settings = settings_for(pipe, steps, solver, cfg_scale, 0, 64)
+    pipe = load_model(model, device)
+    settings = _settings(pipe, steps=steps, solver=solver, cfg_scale=cfg_scale)
     mu = pipe.encode([prompt_a, prompt_b]).mu
     alphas = torch.linspace(0, 1, frames, device=mu.device).view(-1, 1, 1, 1)
-    z0 = (1 - alphas) * mu[0:1] + alphas * mu[1:2]
-    images = pipe.generate_from_z0(z0, settings)
-    for i, image in enumerate(images):
-        save_png(image, out / f"frame_{i:03d}.png")
-    save_png(images, out / "strip.png", nrow=frames)
+    images = pipe.generate_from_z0((1 - alphas) * mu[0:1] + alphas * mu[1:2], settings)
+    record = {"prompts": [prompt_a, prompt_b], "frames": frames, "settings": settings.settings()}
+    save_outputs(
+        images,
+        out,
+        [f"frame_{i:03d}.png" for i in range(frames)],
+        record,
+        "interp.json",
+        grid="strip.png",
+        nrow=frames,
+    )
     console.print(f"wrote {frames} frames and strip.png to {out}")

@@ -17,3 +17,7 @@ class MissingResourceError(CrossflowError):
     """A needed file, weights or package is absent (e.g. Inception weights offline)."""
 
     exit_code = 1
+
+
+class OutputExistsError(CrossflowError):
+    """The output folder already holds something that only an explicit overwrite may replace."""

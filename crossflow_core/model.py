@@ -34,7 +34,8 @@ SIZES: dict[str, ModelSize] = {
     "base": ModelSize(width=768, depth=12, heads=12),
     "large": ModelSize(width=1024, depth=24, heads=16),
     "xl": ModelSize(width=1152, depth=28, heads=16),
-    "huge": ModelSize(width=1280, depth=36, heads=20),  # the official DiT_H/2 (~0.95B with patch 2)
+    # the official DiT_H/2: 1.07B with patch 2 on 4x32x32 (the paper's 0.95B is its DiMR model)
+    "huge": ModelSize(width=1280, depth=36, heads=20),
 }
 
 
@@ -108,30 +109,55 @@ class DiTBlock(nn.Module):
 
 
 class FlowTransformer(nn.Module):
-    """v(x [B, C, H, W], t [B], indicator [B] long) -> velocity [B, C, H, W]."""
+    """v(x [B, C, H, W], t [B], indicator [B] long, cond [B, K, H, W] | None) -> velocity [B, C, H, W].
 
-    def __init__(self, cfg: ModelConfig, latent_shape: tuple[int, int, int]) -> None:
+    `cond` (only with cond_channels = K > 0) is concatenated to x before the patch embedding."""
+
+    def __init__(
+        self,
+        latent_shape: tuple[int, int, int],
+        width: int = 192,
+        depth: int = 6,
+        heads: int = 6,
+        patch_size: int = 4,
+        mlp_ratio: float = 4.0,
+        long_skips: bool = False,
+        final_conv: bool = False,
+        cond_channels: int = 0,
+    ) -> None:
         super().__init__()
+        self.init_args = dict(
+            latent_shape=list(latent_shape),
+            width=width,
+            depth=depth,
+            heads=heads,
+            patch_size=patch_size,
+            mlp_ratio=mlp_ratio,
+            long_skips=long_skips,
+            final_conv=final_conv,
+            cond_channels=cond_channels,
+        )
         channels, height, width_px = latent_shape
-        p = cfg.patch_size
+        p = patch_size
         if height % p or width_px % p:
             raise CrossflowError(
                 f"latent size {height}x{width_px} is not divisible by model.patch_size={p}: "
                 "choose a patch size that divides it"
             )
-        size = resolve_size(cfg)
+        size = ModelSize(width=width, depth=depth, heads=heads)
         self.latent_shape = tuple(latent_shape)
         self.patch_size = p
+        self.cond_channels = cond_channels
         self.grid = (height // p, width_px // p)
         w = size.width
-        self.patch_embed = nn.Conv2d(channels, w, kernel_size=p, stride=p)
+        self.patch_embed = nn.Conv2d(channels + cond_channels, w, kernel_size=p, stride=p)
         self.register_buffer("pos_embed", sincos_2d(w, *self.grid)[None], persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(256, w), nn.SiLU(), nn.Linear(w, w))
         self.indicator_embed = nn.Embedding(2, w)
-        self.blocks = nn.ModuleList(DiTBlock(w, size.heads, cfg.mlp_ratio) for _ in range(size.depth))
-        n_skips = size.depth // 2 if cfg.long_skips else 0
+        self.blocks = nn.ModuleList(DiTBlock(w, size.heads, mlp_ratio) for _ in range(size.depth))
+        n_skips = size.depth // 2 if long_skips else 0
         self.skips = nn.ModuleList(nn.Linear(2 * w, w) for _ in range(n_skips))
-        self.final_conv = nn.Conv2d(channels, channels, 3, padding=1) if cfg.final_conv else None
+        self.final_conv = nn.Conv2d(channels, channels, 3, padding=1) if final_conv else None
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
         self.final_proj = nn.Linear(w, p * p * channels)
@@ -164,9 +190,19 @@ class FlowTransformer(nn.Module):
             for ch in range(self.final_conv.weight.shape[0]):
                 self.final_conv.weight.data[ch, ch, 1, 1] = 1.0
 
-    def forward(self, x: Tensor, t: Tensor, indicator: Tensor) -> Tensor:
+    def accepts(self, height: int, width: int) -> str | None:
+        """None when a latent of this size can pass the network, else why not (fixed position grid)."""
+        if (height, width) != tuple(self.latent_shape[1:]):
+            return (
+                f"this transformer was trained on {self.latent_shape[1]}x{self.latent_shape[2]} latents only"
+            )
+        return None
+
+    def forward(self, x: Tensor, t: Tensor, indicator: Tensor, cond: Tensor | None = None) -> Tensor:
         b = x.shape[0]
         t = batch_times(t, b)
+        if self.cond_channels:
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
         c = self.time_mlp(timestep_embedding(t, 256).to(h.dtype)) + self.indicator_embed(indicator.long())
         depth, saved = len(self.blocks), []
@@ -189,12 +225,32 @@ class FlowTransformer(nn.Module):
         return torch.einsum("bhwpqc->bchpwq", h).reshape(h.shape[0], c, gh * p, gw * p)
 
 
-def build_flow_model(cfg: ModelConfig, latent_shape: tuple[int, int, int]) -> nn.Module:
+def build_flow_model(
+    cfg: ModelConfig, latent_shape: tuple[int, int, int], cond_channels: int = 0
+) -> nn.Module:
     """The recipe's velocity network: `FlowTransformer` (arch "dit") or `FlowUNet` (arch "unet").
 
-    Both map (x [B, C, H, W], t [B], indicator [B]) -> velocity [B, C, H, W]."""
+    Both map (x [B, C, H, W], t [B], indicator [B], cond [B, K, H, W] | None) -> velocity [B, C, H, W]."""
     if cfg.arch == "unet":
         from crossflow_core.unet import FlowUNet
 
-        return FlowUNet(cfg, latent_shape)
-    return FlowTransformer(cfg, latent_shape)
+        return FlowUNet(
+            latent_shape,
+            channels=tuple(cfg.unet_channels),
+            layers=cfg.unet_layers,
+            attention=tuple(cfg.unet_attention),
+            head_dim=cfg.unet_head_dim,
+            cond_channels=cond_channels,
+        )
+    size = resolve_size(cfg)
+    return FlowTransformer(
+        latent_shape,
+        width=size.width,
+        depth=size.depth,
+        heads=size.heads,
+        patch_size=cfg.patch_size,
+        mlp_ratio=cfg.mlp_ratio,
+        long_skips=cfg.long_skips,
+        final_conv=cfg.final_conv,
+        cond_channels=cond_channels,
+    )

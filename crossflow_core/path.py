@@ -19,8 +19,8 @@ from torch import Tensor
 
 from crossflow_core.errors import CrossflowError
 
-TimeKind = Literal["logit_normal", "uniform"]
-TIME_KINDS: tuple[str, ...] = ("logit_normal", "uniform")
+TimeKind = Literal["logit_normal", "uniform", "zero"]
+TIME_KINDS: tuple[str, ...] = ("logit_normal", "uniform", "zero")
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,10 @@ def sample_time(
     """Training times t [batch] in the open interval (0, 1) (t = 0 source, t = 1 target).
 
     kind "logit_normal": t = sigmoid(mean + std * n), n ~ N(0, 1) (the official CrossFlow choice);
-    kind "uniform": t ~ U(0, 1) (mean/std ignored). Values are clamped into [eps, 1 - eps] with
+    kind "uniform": t ~ U(0, 1) (mean/std ignored); kind "zero": t = 0 exactly, every sample (the
+    flow then learns only the velocity at the source, x1 - x0: one Euler step from t = 0 is plain
+    regression, the paper's "Regression" baseline with the same network). Other values are
+    clamped into [eps, 1 - eps] with
     eps = float32 machine epsilon so that 0 and 1 never occur. The draw is made on the generator's
     device (CPU when None) and moved to `device`, so one seed gives the same times everywhere.
     """
@@ -115,6 +118,8 @@ def sample_time(
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
         raise CrossflowError(f"logit-normal needs a finite mean and std > 0, got mean={mean}, std={std}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
+    if kind == "zero":
+        return torch.zeros(batch, device=device)
     if kind == "logit_normal":
         n = torch.randn(batch, generator=generator, device=gen_device, dtype=torch.float32)
         t = torch.sigmoid(mean + std * n)

@@ -11,184 +11,47 @@ keys, `section.key=value`, with the value parsed as YAML (`train.steps=3`, `trai
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
 from crossflow_core.errors import CrossflowError
+from crossflow_core.recipe_sections import (  # noqa: F401 - the schema, re-exported
+    TASKS,
+    DataConfig,
+    FlowConfig,
+    ModelConfig,
+    PixelTargetConfig,
+    Recipe,
+    SampleConfig,
+    SourceConfig,
+    TargetConfig,
+    TaskPreset,
+    TextSourceConfig,
+    TrainConfig,
+    UpsampledSourceConfig,
+    VAETargetConfig,
+    VEConfig,
+    _plain,
+)
 
 
 class RecipeError(CrossflowError):
     """A recipe file or override is invalid."""
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """Where training pairs come from and how `prepare` shards them."""
-
-    source: Literal["shapes", "folder"] = "shapes"
-    path: str | None = None  # a folder of images + captions when source == "folder"
-    image_size: int = 32  # images are resized (shorter side) and centre-cropped to this
-    num_samples: int = 4096  # shapes world: number of training samples to generate
-    seed: int = 0
-    shard_size: int = 1000  # samples per WebDataset tar
-    precompute_text: bool = True  # store LM token embeddings (float16 .npy) in the shards
-    precompute_latents: bool = False  # store image latents (float16 .npy) in the shards
-
-
-@dataclass(frozen=True)
-class TextEncoderConfig:
-    """The frozen language model that turns captions into token embeddings."""
-
-    name: str = "minilm"  # "minilm" (embedded default), a hub id, or a local directory
-    max_length: int = 32  # tokens per caption (padded / truncated)
-    embedding_scale: float = 1.0  # official code multiplies T5 embeddings by 10
-
-
-@dataclass(frozen=True)
-class LatentConfig:
-    """The image latent space the flow targets."""
-
-    kind: Literal["pixels", "vae"] = "pixels"
-    vae: str | None = None  # diffusers AutoencoderKL hub id or local directory when kind == "vae"
-    scale_factor: float | None = None  # None: the VAE config's own scaling_factor
-    shift_factor: float | None = None  # None: the VAE config's own shift_factor (or 0)
-
-
-@dataclass(frozen=True)
-class VEConfig:
-    """Text Variational Encoder: LM tokens -> (mu, log sigma^2) with the image-latent shape."""
-
-    width: int = 128
-    depth: int = 2
-    heads: int = 4
-    ffn: int = 256
-    dropout: float = 0.1
-    reduce_layers: int = 2  # each halves the token width before flattening
-    objective: Literal["image_text_contrastive", "text_text_contrastive", "text_reconstruction"] = (
-        "image_text_contrastive"
-    )
-    enc_weight: float = 1.0  # weight of L_enc
-    kl_weight: float = 0.01  # lambda of the KL term
-    kl: Literal["standard", "official"] = "official"
-    image_encoder_width: int = 64  # jointly trained image tower for the contrastive loss
-    logit_scale_init: float = 2.659  # log(1/0.07), CLIP's initial temperature
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The velocity network over image latents (no cross-attention, never sees text).
-
-    arch "dit": the official DiT variant, a transformer over latent patches (size, patch_size,
-    width, depth, heads, mlp_ratio, long_skips, final_conv). arch "unet": a convolutional U-Net
-    with self-attention at its low resolutions (diffusers `UNet2DModel`; unet_* keys), a
-    conv/transformer hybrid in the spirit of the official DiMR backbone, which learns shapes in
-    far fewer steps at small scale (the CPU demo).
-    """
-
-    arch: Literal["dit", "unet"] = "dit"
-    size: Literal["tiny", "small", "base", "large", "xl", "huge"] = "tiny"
-    patch_size: int = 4
-    width: int | None = None  # overrides the size's width
-    depth: int | None = None  # overrides the size's depth
-    heads: int | None = None  # overrides the size's heads
-    mlp_ratio: float = 4.0
-    long_skips: bool = False  # U-ViT long skips: block i feeds block depth-1-i (concat + linear)
-    final_conv: bool = False  # a 3x3 conv on the unpatchified output, so patch borders agree
-    unet_channels: tuple[int, ...] = (32, 64, 128)  # channels per resolution level (halving H, W)
-    unet_layers: int = 1  # residual blocks per level on the way down (one more on the way up)
-    unet_attention: tuple[bool, ...] = (False, False, True)  # self-attention at each level
-    unet_head_dim: int = 32  # channels per attention head
-
-
-@dataclass(frozen=True)
-class FlowConfig:
-    """The probability path, time sampling and the CFG indicator."""
-
-    sigma_min: float = 1e-5
-    time_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
-    cfg_indicator: float = 0.1  # probability that a training pair is made unconditional
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation, checkpointing and logging."""
-
-    steps: int = 2000
-    batch_size: int = 64  # global batch, split across processes
-    lr: float = 3e-4
-    weight_decay: float = 0.03
-    betas: tuple[float, float] = (0.9, 0.9)
-    warmup_steps: int = 100  # linear warm-up, then constant (so resuming with more steps is exact)
-    ema_decay: float = 0.999
-    grad_clip: float | None = 1.0  # max global grad norm; null disables
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    stage: Literal["joint", "ve", "two_stage", "separate"] = "joint"
-    ve_steps: int = 0  # two_stage / separate: steps of VE-only pretraining before the flow starts
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    sample_every: int = 500  # 0 disables periodic sample grids
-    log_every: int = 10
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """Defaults of `crossflow sample` and the periodic training grids."""
-
-    steps: int = 50
-    solver: Literal["euler", "heun"] = "euler"
-    cfg_scale: float = 7.0
-    batch_size: int = 64
-    prompts: tuple[str, ...] = ()  # prompts of the periodic sample grids
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A whole task recipe: one frozen section per component."""
-
-    name: str = "custom"
-    task: Literal["t2i"] = "t2i"
-    data: DataConfig = field(default_factory=DataConfig)
-    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    latents: LatentConfig = field(default_factory=LatentConfig)
-    ve: VEConfig = field(default_factory=VEConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (tuples as lists) that `from_dict` reads back to an equal recipe."""
-        return _plain(dataclasses.asdict(self))
-
-    def replace(self, overrides: list[str]) -> Recipe:
-        """A copy with `section.key=value` overrides applied (validated like a file)."""
-        data = self.to_dict()
-        for item in overrides:
-            _apply_override(data, item)
-        return from_dict(data)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def recipes_dir() -> Path:
-    """The folder of built-in recipes: $CROSSFLOW_RECIPES, else the checkout's `recipes/`."""
+    """The folder of built-in recipes: $CROSSFLOW_RECIPES, else the package's own `recipes/`
+    (package data; in a checkout, a link to the top-level `recipes/`)."""
     env = os.environ.get("CROSSFLOW_RECIPES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "recipes"
+    return Path(str(importlib.resources.files("crossflow_core") / "recipes"))
 
 
 def available_recipes() -> list[str]:
@@ -253,10 +116,114 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
 
 
 def from_dict(data: dict[str, Any]) -> Recipe:
-    """Build a `Recipe` from a plain mapping, checking every key, type, choice and range."""
+    """Build a `Recipe` from a plain mapping, checking every key, type, choice and range.
+
+    Recipes written before the task seam (sections `text_encoder` and `latents`, keys
+    `data.precompute_text/latents`) are read as the t2i recipe they describe.
+    """
+    data = _fill_preset(_migrate_pre_seam(data))
     recipe = _build(Recipe, data, prefix="")
     _check_ranges(recipe)
+    _check_pair(recipe)
     return recipe
+
+
+def _migrate_pre_seam(data: dict[str, Any]) -> dict[str, Any]:
+    """Map the pre-seam t2i layout onto `source` / `target` (a copy; the input is not changed)."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for old_name, new_name in (("text_encoder", "source"), ("latents", "target")):
+        if old_name in data and new_name in data:  # e.g. an old-style override on a new recipe
+            old = data[old_name]
+            key = next(iter(old), "KEY") if isinstance(old, dict) and old else "KEY"
+            key = "encoder" if old_name == "text_encoder" and key == "name" else key
+            raise RecipeError(
+                f"{old_name} is the pre-seam name of {new_name}, which this recipe has: "
+                f"set {new_name}.{key} instead"
+            )
+    if "text_encoder" in data:
+        old = data.pop("text_encoder")
+        if isinstance(old, dict):
+            old = dict(old)
+            if "name" in old:
+                old["encoder"] = old.pop("name")
+            data["source"] = {"kind": "text", **old}
+        else:
+            data["source"] = old  # not a mapping: the loader says so
+    if "latents" in data:
+        old = data.pop("latents")
+        if isinstance(old, dict):
+            data["target"] = {"kind": "pixels"} if old.get("kind", "pixels") == "pixels" else dict(old)
+        else:
+            data["target"] = old
+    if isinstance(data.get("data"), dict):
+        section = dict(data["data"])
+        for old_key, new_key in (
+            ("precompute_text", "precompute_source"),
+            ("precompute_latents", "precompute_target"),
+        ):
+            if old_key in section and new_key in section:
+                raise RecipeError(
+                    f"data.{old_key} is the pre-seam name of data.{new_key}, which this "
+                    f"recipe has: set data.{new_key} instead"
+                )
+            if old_key in section:
+                section[new_key] = section.pop(old_key)
+        data["data"] = section
+    return data
+
+
+def _fill_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """Give `source`, `target` and `ve` the task preset's `kind` where the recipe names none."""
+    if not isinstance(data, dict):
+        return data
+    task = data.get("task", "t2i")
+    preset = TASKS.get(task) if isinstance(task, str) else None
+    if preset is None:
+        raise RecipeError(f"task: invalid choice {task!r}; expected one of: {', '.join(TASKS)}")
+    data = dict(data)
+    for section, kind in (("source", preset.source), ("target", preset.target), ("ve", preset.ve)):
+        value = data.get(section)
+        if value is None:
+            data[section] = {"kind": kind}
+        elif isinstance(value, dict) and "kind" not in value:
+            data[section] = {"kind": kind, **value}
+    return data
+
+
+_IMAGE_SOURCES = ("upsampled",)
+
+
+def _check_pair(recipe: Recipe) -> None:
+    """The source, VE and target must fit together."""
+    source, ve, train = recipe.source, recipe.ve, recipe.train
+    if ve.kind == "text" and source.kind != "text":
+        raise RecipeError(
+            f"ve.kind=text needs source.kind=text, not {source.kind!r}: "
+            "use ve.kind=identity or noise_concat for an image source"
+        )
+    if ve.kind != "text" and source.kind not in _IMAGE_SOURCES:
+        raise RecipeError(
+            f"ve.kind={ve.kind} needs an image source, not source.kind={source.kind!r}: "
+            "use ve.kind=text for a text source"
+        )
+    if ve.kind != "text" and train.stage != "joint":
+        raise RecipeError(
+            f"train.stage={train.stage} pretrains a VE, but ve.kind={ve.kind} has none "
+            "to pretrain: use train.stage=joint"
+        )
+    if ve.kind == "text" and ve.width % ve.heads:
+        raise RecipeError(f"ve.width={ve.width} must be divisible by ve.heads={ve.heads}: change ve.heads")
+    if ve.kind == "text" and ve.width >> ve.reduce_layers < 1:
+        raise RecipeError(
+            f"ve.reduce_layers={ve.reduce_layers} halves ve.width={ve.width} below 1: use fewer"
+        )
+    if source.kind == "upsampled" and recipe.data.image_size % source.factor:
+        raise RecipeError(
+            f"data.image_size={recipe.data.image_size} is not divisible by "
+            f"source.factor={source.factor}: choose a factor that divides it"
+        )
 
 
 _POSITIVE = "must be > 0"
@@ -265,7 +232,8 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("data.image_size", lambda v: v >= 16, "must be >= 16"),
     ("data.num_samples", lambda v: v >= 1, _POSITIVE),
     ("data.shard_size", lambda v: v >= 1, _POSITIVE),
-    ("text_encoder.max_length", lambda v: v >= 1, _POSITIVE),
+    ("source.max_length", lambda v: v >= 1, _POSITIVE),
+    ("source.factor", lambda v: v >= 2, "must be >= 2"),
     ("ve.width", lambda v: v >= 1, _POSITIVE),
     ("ve.depth", lambda v: v >= 1, _POSITIVE),
     ("ve.heads", lambda v: v >= 1, _POSITIVE),
@@ -291,6 +259,8 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("flow.cfg_indicator", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("train.steps", lambda v: v >= 0, _NON_NEGATIVE),
     ("train.batch_size", lambda v: v >= 1, _POSITIVE),
+    ("train.grad_accum", lambda v: v >= 1, _POSITIVE),
+    ("train.min_lr", lambda v: v >= 0, _NON_NEGATIVE),
     ("train.lr", lambda v: v > 0, _POSITIVE),
     ("train.weight_decay", lambda v: v >= 0, _NON_NEGATIVE),
     ("train.betas", lambda v: all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
@@ -307,10 +277,22 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
 )
 
 
+def check_section(section: Any, name: str) -> None:
+    """Types, choices and ranges of one section changed at run time (e.g. sample overrides)."""
+    _convert(type(section), _plain(dataclasses.asdict(section)), name)
+    for key, ok, rule in _RANGES:
+        where, field_name = key.split(".")
+        if where == name and hasattr(section, field_name) and not ok(getattr(section, field_name)):
+            raise RecipeError(f"{key}={getattr(section, field_name)!r} {rule}")
+
+
 def _check_ranges(recipe: Recipe) -> None:
     for key, ok, rule in _RANGES:
         section, name = key.split(".")
-        value = getattr(getattr(recipe, section), name)
+        part = getattr(recipe, section)
+        if not hasattr(part, name):  # a key of another kind (e.g. source.factor of a text source)
+            continue
+        value = getattr(part, name)
         if not ok(value):
             raise RecipeError(f"{key}={value!r} {rule}")
     model = recipe.model
@@ -327,6 +309,20 @@ def _check_ranges(recipe: Recipe) -> None:
                 f"model.unet_head_dim={model.unet_head_dim} does not divide the {ch} channels of a U-Net "
                 "level with attention: change model.unet_head_dim or model.unet_channels"
             )
+
+
+_YAML_BOOL_WORDS = {True: {"yes", "y", "on", "true"}, False: {"no", "n", "off", "false"}}
+
+
+def _build_kind(classes: tuple[type, ...], data: Any, key: str) -> Any:
+    """One of several section dataclasses, chosen by the mapping's `kind`."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{key} must be a mapping, got {data!r}")
+    kinds = {get_args(get_type_hints(c)["kind"])[0]: c for c in classes}
+    kind = data.get("kind")
+    if kind not in kinds:
+        raise RecipeError(f"{key}.kind: invalid choice {kind!r}; expected one of: {', '.join(kinds)}")
+    return _build(kinds[kind], data, prefix=f"{key}.")
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -351,6 +347,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType) and all(dataclasses.is_dataclass(a) for a in get_args(tp)):
+        return _build_kind(get_args(tp), value, key)
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -359,6 +357,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return _convert(inner[0], value, key)
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and value not in choices:  # YAML 1.1 reads no/off/yes/on as booleans
+            spelled = [c for c in choices if isinstance(c, str) and c.lower() in _YAML_BOOL_WORDS[value]]
+            if len(spelled) == 1:
+                return spelled[0]
         if value not in choices:
             raise RecipeError(
                 f"{key}: invalid choice {value!r}; expected one of: {', '.join(map(str, choices))}"

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from crossflow_core.errors import CrossflowError
 from crossflow_core.path import batch_times
-from crossflow_core.recipe import ModelConfig
 
 
 def _norm_groups(channels: tuple[int, ...]) -> int:
@@ -27,14 +27,36 @@ def _norm_groups(channels: tuple[int, ...]) -> int:
 
 
 class FlowUNet(nn.Module):
-    """v(x [B, C, H, W], t [B], indicator [B] long) -> velocity [B, C, H, W]."""
+    """v(x [B, C, H, W], t [B], indicator [B] long, cond [B, K, H, W] | None) -> velocity [B, C, H, W].
 
-    def __init__(self, cfg: ModelConfig, latent_shape: tuple[int, int, int]) -> None:
+    Convolutional, so it also runs on other sizes whose sides the levels can halve (upscaling
+    images of another size); `cond` (cond_channels = K > 0) is concatenated to x."""
+
+    def __init__(
+        self,
+        latent_shape: tuple[int, int, int],
+        channels: tuple[int, ...] = (32, 64, 128),
+        layers: int = 1,
+        attention: tuple[bool, ...] = (False, False, True),
+        head_dim: int = 32,
+        cond_channels: int = 0,
+    ) -> None:
         super().__init__()
         from diffusers import UNet2DModel
 
+        self.init_args = dict(
+            latent_shape=list(latent_shape),
+            channels=list(channels),
+            layers=layers,
+            attention=list(attention),
+            head_dim=head_dim,
+            cond_channels=cond_channels,
+        )
+        unet_channels, unet_attention = tuple(channels), tuple(attention)
         channels, height, width = latent_shape
-        levels = len(cfg.unet_channels)
+        levels = len(unet_channels)
+        self.factor = 2 ** (levels - 1)
+        self.cond_channels = cond_channels
         factor = 2 ** (levels - 1)
         if height % factor or width % factor:
             raise CrossflowError(
@@ -44,18 +66,33 @@ class FlowUNet(nn.Module):
         self.latent_shape = tuple(latent_shape)
         self.unet = UNet2DModel(
             sample_size=(height, width),
-            in_channels=channels,
+            in_channels=channels + cond_channels,
             out_channels=channels,
-            block_out_channels=tuple(cfg.unet_channels),
-            layers_per_block=cfg.unet_layers,
-            down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.unet_attention),
-            up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.unet_attention)),
-            attention_head_dim=cfg.unet_head_dim,
-            norm_num_groups=_norm_groups(cfg.unet_channels),
+            block_out_channels=unet_channels,
+            layers_per_block=layers,
+            down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in unet_attention),
+            up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(unet_attention)),
+            attention_head_dim=head_dim,
+            norm_num_groups=_norm_groups(unet_channels),
             num_class_embeds=2,
         )
 
-    def forward(self, x: Tensor, t: Tensor, indicator: Tensor) -> Tensor:
+    def accepts(self, height: int, width: int) -> str | None:
+        """None when a latent of this size can pass the network, else why not."""
+        if height % self.factor or width % self.factor:
+            halvings = self.factor.bit_length() - 1
+            return f"its sides must be multiples of {self.factor} (the U-Net halves them {halvings} times)"
+        return None
+
+    def forward(self, x: Tensor, t: Tensor, indicator: Tensor, cond: Tensor | None = None) -> Tensor:
         b = x.shape[0]
         t = batch_times(t, b)
+        h, w = x.shape[-2:]
+        if h % self.factor or w % self.factor:
+            raise CrossflowError(
+                f"a {h}x{w} latent cannot pass {self.factor}x downsampling: "
+                f"its sides must be multiples of {self.factor}"
+            )
+        if self.cond_channels:
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
         return self.unet(x, 1000.0 * t, class_labels=indicator.long()).sample

@@ -9,74 +9,98 @@ each halve the token width, the L tokens flattened, and one linear layer to 2 * 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from crossflow_core.codecs.base import SourceBatch
 from crossflow_core.errors import CrossflowError
-from crossflow_core.recipe import VEConfig
 
 
 @dataclass(frozen=True)
 class VEOutput:
-    """z0: a sample of N(mu, sigma^2); all three [B, C, H, W]."""
+    """z0: the flow's source sample; mu, logvar: its Gaussian (logvar None when the encoder is
+    deterministic); cond: extra input of the velocity network (None for CrossFlow). [B, C, H, W]."""
 
     z0: Tensor
     mu: Tensor
-    logvar: Tensor
+    logvar: Tensor | None = None
+    cond: Tensor | None = None
 
 
 class TextVariationalEncoder(nn.Module):
     """tokens [B, L, D] + mask [B, L] (True = real token) -> `VEOutput` with the latent shape."""
 
     def __init__(
-        self, cfg: VEConfig, token_dim: int, num_tokens: int, latent_shape: tuple[int, int, int]
+        self,
+        token_dim: int,
+        num_tokens: int,
+        latent_shape: tuple[int, int, int],
+        width: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        ffn: int = 256,
+        dropout: float = 0.1,
+        reduce_layers: int = 2,
     ) -> None:
         super().__init__()
-        if cfg.width % cfg.heads:
-            raise CrossflowError(
-                f"ve.width={cfg.width} must be divisible by ve.heads={cfg.heads}: change ve.heads"
-            )
-        if cfg.width >> cfg.reduce_layers < 1:
-            raise CrossflowError(
-                f"ve.reduce_layers={cfg.reduce_layers} halves ve.width={cfg.width} below 1: use fewer"
-            )
+        if width % heads:
+            raise CrossflowError(f"the VE width {width} must be divisible by its {heads} heads")
+        if width >> reduce_layers < 1:
+            raise CrossflowError(f"{reduce_layers} reduction layers halve the VE width {width} below 1")
+        self.init_args = dict(
+            token_dim=token_dim,
+            num_tokens=num_tokens,
+            latent_shape=list(latent_shape),
+            width=width,
+            depth=depth,
+            heads=heads,
+            ffn=ffn,
+            dropout=dropout,
+            reduce_layers=reduce_layers,
+        )
         self.latent_shape = tuple(latent_shape)
         self.num_tokens = num_tokens
-        self.input_proj = nn.Linear(token_dim, cfg.width)
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.width))
+        self.input_proj = nn.Linear(token_dim, width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, width))
         nn.init.normal_(self.pos_embed, std=0.02)
         layer = nn.TransformerEncoderLayer(
-            d_model=cfg.width,
-            nhead=cfg.heads,
-            dim_feedforward=cfg.ffn,
-            dropout=cfg.dropout,
+            d_model=width,
+            nhead=heads,
+            dim_feedforward=ffn,
+            dropout=dropout,
             activation="relu",
             batch_first=True,
             norm_first=False,
         )
-        self.encoder = nn.TransformerEncoder(layer, num_layers=cfg.depth, enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=depth, enable_nested_tensor=False)
         reduce: list[nn.Module] = []
-        width = cfg.width
-        for _ in range(cfg.reduce_layers):
+        for _ in range(reduce_layers):
             reduce += [nn.Linear(width, width // 2), nn.GELU()]
             width //= 2
         self.reduce = nn.Sequential(*reduce)
-        latent_numel = int(torch.tensor(latent_shape).prod())
+        latent_numel = math.prod(latent_shape)
         self.to_moments = nn.Linear(num_tokens * width, 2 * latent_numel)
+
+    def noise_shape(self, source: SourceBatch) -> tuple[int, ...] | None:
+        """Shape of one sample's eps (the latent shape)."""
+        return self.latent_shape
 
     def forward(
         self,
-        tokens: Tensor,
-        mask: Tensor,
+        source: SourceBatch,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> VEOutput:
         """Encode; `noise` [B, C, H, W] (or drawn from `generator`) gives z0 = mu + sigma * noise."""
+        tokens, mask = source.x, source.mask
         batch, length, _ = tokens.shape
         if length != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} tokens per caption, got {length}")
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.bool, device=tokens.device)
         h = self.input_proj(tokens.to(self.input_proj.weight.dtype)) + self.pos_embed
         pad = ~mask.bool()
         pad = pad & ~pad.all(dim=1, keepdim=True)  # an all-padding row would give NaNs

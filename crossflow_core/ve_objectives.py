@@ -6,8 +6,9 @@
   from an image tower trained jointly from scratch (the official code uses a randomly
   initialised SigLIP tower; here a small CNN), projected to the latent size.
 
-Each objective is an `nn.Module` whose forward takes the VE output and the batch tensors and
-returns a scalar loss; its parameters are trained with the VE and saved in checkpoints.
+Each objective is an `nn.Module` whose forward takes the VE output, the `SourceBatch` (tokens
+[B, L, D] + mask [B, L]) and the target latents [B, C, H, W] and returns a scalar loss; its
+parameters are trained with the VE and saved in checkpoints.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from crossflow_core.codecs.base import SourceBatch
 from crossflow_core.losses import info_nce, text_reconstruction_loss
 from crossflow_core.recipe import VEConfig
 from crossflow_core.ve import VEOutput
@@ -50,8 +52,8 @@ class ImageTextContrastive(nn.Module):
         self.tower = ImageTower(latent_shape[0], cfg.image_encoder_width, numel)
         self.logit_scale = nn.Parameter(torch.tensor(cfg.logit_scale_init))
 
-    def forward(self, ve: VEOutput, tokens: Tensor, mask: Tensor, image_latents: Tensor) -> Tensor:
-        feats = self.tower(image_latents)
+    def forward(self, ve: VEOutput, source: SourceBatch, target: Tensor) -> Tensor:
+        feats = self.tower(target)
         return info_nce(ve.z0.flatten(1), feats, self.logit_scale.clamp(max=math.log(100.0)).exp())
 
 
@@ -63,7 +65,8 @@ class TextTextContrastive(nn.Module):
         )
         self.logit_scale = nn.Parameter(torch.tensor(cfg.logit_scale_init))
 
-    def forward(self, ve: VEOutput, tokens: Tensor, mask: Tensor, image_latents: Tensor) -> Tensor:
+    def forward(self, ve: VEOutput, source: SourceBatch, target: Tensor) -> Tensor:
+        tokens, mask = source.x, source.mask
         m = mask.to(tokens.dtype).unsqueeze(-1)
         pooled = (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
         feats = self.proj(pooled.to(self.proj[0].weight.dtype))
@@ -81,16 +84,18 @@ class TextReconstruction(nn.Module):
         self.decoder = nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
         self.out = nn.Linear(cfg.width, token_dim)
 
-    def forward(self, ve: VEOutput, tokens: Tensor, mask: Tensor, image_latents: Tensor) -> Tensor:
+    def forward(self, ve: VEOutput, source: SourceBatch, target: Tensor) -> Tensor:
+        tokens, mask = source.x, source.mask
         h = self.expand(ve.z0.flatten(1)).view(-1, self.num_tokens, self.width)
         pred = self.out(self.decoder(h))
         return text_reconstruction_loss(pred, tokens.to(pred.dtype), mask.bool())
 
 
-def build_objective(
-    cfg: VEConfig, latent_shape: tuple[int, int, int], token_dim: int, num_tokens: int
-) -> nn.Module:
-    """The `ve.objective` module of the recipe."""
+def build_objective(cfg: VEConfig, spec: dict, latent_shape: tuple[int, int, int]) -> nn.Module | None:
+    """The `ve.objective` module of the recipe (None when the encoder has nothing to learn)."""
+    if cfg.kind != "text":
+        return None
+    token_dim, num_tokens = spec["token_dim"], spec["num_tokens"]
     if cfg.objective == "image_text_contrastive":
         return ImageTextContrastive(cfg, latent_shape)
     if cfg.objective == "text_text_contrastive":

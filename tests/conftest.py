@@ -16,7 +16,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 TINY = [
     "data.num_samples=64",
     "data.shard_size=40",
-    "text_encoder.max_length=12",
+    "source.max_length=12",
     "ve.width=32",
     "ve.depth=1",
     "ve.heads=2",
@@ -51,5 +51,5 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     recipe = load_recipe("shapes", TINY)
     out = tmp_path_factory.mktemp("data") / "shapes"
-    prepare_dataset(recipe.data, recipe.text_encoder, recipe.latents, out)
+    prepare_dataset(recipe.data, recipe.source, recipe.target, out)
     return out

@@ -48,7 +48,11 @@ def trained_run(tmp_path_factory, tiny_overrides) -> Path:
 
     result = train(3)
     assert result.exit_code == 0, result.output
-    assert (root / "run" / "model" / "model.safetensors").is_file()
+    model = root / "run" / "model"
+    assert (model / "model_index.json").is_file()
+    for component in ("ve", "flow"):
+        assert (model / component / "config.json").is_file()
+        assert (model / component / "model.safetensors").is_file()
     assert (root / "run" / "loss.png").is_file()
     result = train(4)  # the same command with more steps continues the run
     assert result.exit_code == 0, result.output
@@ -105,8 +109,14 @@ def test_arith_and_interp(trained_run, tmp_path):
     [
         (["arith", "--model", "{run}", "dog + - cat"], 2, "expected a term at column 7"),
         (["arith", "--model", "{run}", '"unclosed'], 2, "column"),
-        (["sample", "--model", "{run}", "x", "--solver", "rk9"], 2, "unknown solver 'rk9'"),
-        (["sample", "--model", "{run}", "x", "--steps", "0"], 2, "--steps must be at least 1"),
+        (
+            ["sample", "--model", "{run}", "x", "--solver", "rk9"],
+            2,
+            "--solver: invalid choice 'rk9'; expected one of: euler, heun",
+        ),
+        (["sample", "--model", "{run}", "x", "--solver", "rk_9"], 2, "--solver: invalid choice 'rk_9'"),
+        (["sample", "--model", "{run}", "x", "--steps", "0"], 2, "--steps=0 must be > 0"),
+        (["sample", "--model", "{run}", "x", "--batch-size", "0"], 2, "--batch-size=0 must be > 0"),
         (["sample", "--model", "{run}"], 2, "no prompts"),
         (["sample", "--model", "/nonexistent/run", "x"], 2, "does not exist"),
         (["interp", "--model", "{run}", "a", "b", "--frames", "1"], 2, "--frames must be at least 2"),

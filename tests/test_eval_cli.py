@@ -274,7 +274,7 @@ def test_clip_bad_inputs(tiny_clip_dir, tmp_path):
         str(tmp_path / "no_clip"),
         code=1,
     )
-    _one_line_error(result, "no_clip")
+    _one_line_error(result, "no_clip", "--clip")
     _one_line_error(_run("clip", "--model", "x", "--images", str(tmp_path), code=2), "either --model")
     _one_line_error(_run("clip", "--images", str(tmp_path / "imgs"), code=2), "--prompts")
 

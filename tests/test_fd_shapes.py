@@ -10,6 +10,7 @@ import torch
 
 from crossflow_core.errors import MissingResourceError
 from crossflow_core.eval import fd_shapes as fds
+from crossflow_core.eval import fd_shapes_train as fdt
 
 N = 400  # images per side: enough for stable comparisons, ~1 s of features on a CPU
 
@@ -78,20 +79,21 @@ def test_float_input_is_quantised_like_saved_pngs(fnet):
 
 
 def test_the_shipped_network_is_trained(fnet):
-    x, t = fds._dataset("test", 200, seed=0)
-    acc = fds.head_accuracy(fnet.net, x, t)
+    x, t = fdt.dataset("test", 200, seed=0)
+    acc = fdt.head_accuracy(fnet.net, x, t)
     assert acc["count"] > 0.95 and acc["quadrants_exact"] > 0.9 and acc["size_mae"] < 0.02
 
 
 def test_training_is_reproducible(tmp_path):
     torch.manual_seed(123)  # train() seeds itself; the caller's RNG state must not matter
-    a = fds.train(tmp_path / "a" / "w.safetensors", n_train=64, epochs=1, seed=3, n_eval=16)
-    b = fds.train(tmp_path / "b" / "w.safetensors", n_train=64, epochs=1, seed=3, n_eval=16)
+    a = fdt.train(tmp_path / "a" / "w.safetensors", n_train=64, epochs=1, seed=3, n_eval=16)
+    b = fdt.train(tmp_path / "b" / "w.safetensors", n_train=64, epochs=1, seed=3, n_eval=16)
     assert a["sha256"] == b["sha256"]
     assert json.loads((tmp_path / "a" / "w.json").read_text())["sha256"] == a["sha256"]
     fds.load_feature_net(tmp_path / "a" / "w.safetensors")
 
 
 def test_missing_weights_is_one_line(tmp_path):
-    with pytest.raises(MissingResourceError, match="--train"):
+    with pytest.raises(MissingResourceError, match="crossflow eval weights fd-shapes") as exc:
         fds.load_feature_net(tmp_path / "none.safetensors")
+    assert "\n" not in str(exc.value) and "--" not in str(exc.value)

@@ -139,8 +139,11 @@ def test_interruption_leaves_no_complete_looking_folder_and_resume_is_exact(tmp_
         geneval.generate_geneval(SeedPipeline(), records, out, settings, n_samples=2)
     monkeypatch.setattr(geneval, "save_png", real_save)
     digit_folders = sorted(p.name for p in out.iterdir() if p.name.isdigit())
-    assert digit_folders == ["00000", "00001"]  # the half-written one is a hidden temp folder
-    assert any(p.name.startswith(".tmp-") for p in out.iterdir())
+    assert digit_folders == ["00000", "00001"]  # the half-written one never got a digit name
+    assert not any(p.name.startswith(".00002") for p in out.iterdir())  # and its temp folder is gone
+    for stale in (".00002.tmp-99999", ".tmp-00003-99999", ".00001.old-99999"):  # a killed run's leftovers
+        (out / stale / "samples").mkdir(parents=True)
+        (out / stale / "samples" / "0000.png").write_bytes(b"half")
 
     resumed = SeedPipeline()
     summary = geneval.generate_geneval(resumed, records, out, settings, n_samples=2)

@@ -14,7 +14,7 @@ from crossflow_core.encoders.latents import (
     to_uint8,
 )
 from crossflow_core.errors import CrossflowError
-from crossflow_core.recipe import LatentConfig
+from crossflow_core.recipe import PixelTargetConfig, VAETargetConfig
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +23,17 @@ def vae_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=16,
-        scaling_factor=0.5, shift_factor=0.25,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=16,
+        scaling_factor=0.5,
+        shift_factor=0.25,
     )
     path = tmp_path_factory.mktemp("vae")
     vae.save_pretrained(path)
@@ -43,14 +49,15 @@ def test_uint8_round_trip_and_layouts():
     assert torch.equal(to_model_range(torch.from_numpy(hwc).permute(0, 3, 1, 2)), x)  # CHW input
     assert torch.equal(to_uint8(x), torch.from_numpy(hwc).permute(0, 3, 1, 2))  # exact inverse
     assert to_model_range(np.array([[[[0, 255, 128]]]], np.uint8)).flatten().tolist() == pytest.approx(
-        [-1.0, 1.0, 128 / 127.5 - 1], abs=1e-6)
+        [-1.0, 1.0, 128 / 127.5 - 1], abs=1e-6
+    )
     assert to_uint8(torch.tensor([-3.0, 3.0])).tolist() == [0, 255]  # clamped
     with pytest.raises(TypeError):
         to_model_range(hwc.astype(np.float32))
 
 
 def test_pixel_space_is_exact_identity():
-    space = build_latent_space(LatentConfig(kind="pixels"))
+    space = build_latent_space(PixelTargetConfig())
     assert isinstance(space, PixelSpace)
     x = torch.rand(3, 3, 8, 8) * 2 - 1
     assert torch.equal(space.encode(x), x) and torch.equal(space.decode(x), x)
@@ -59,7 +66,7 @@ def test_pixel_space_is_exact_identity():
 
 
 def test_vae_scale_maths_from_config(vae_dir):
-    space = build_latent_space(LatentConfig(kind="vae", vae=str(vae_dir)))
+    space = build_latent_space(VAETargetConfig(vae=str(vae_dir)))
     assert isinstance(space, VAELatentSpace)
     assert (space.scale, space.shift) == (0.5, 0.25)
     assert space.latent_shape(16) == (4, 8, 8)
@@ -77,7 +84,7 @@ def test_vae_scale_maths_from_config(vae_dir):
 
 
 def test_vae_scale_override_and_sampling(vae_dir):
-    space = build_latent_space(LatentConfig(kind="vae", vae=str(vae_dir), scale_factor=2.0, shift_factor=0.0))
+    space = build_latent_space(VAETargetConfig(vae=str(vae_dir), scale_factor=2.0, shift_factor=0.0))
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     with torch.no_grad():
         dist = space.vae.encode(x).latent_dist
@@ -88,18 +95,18 @@ def test_vae_scale_override_and_sampling(vae_dir):
 
 
 def test_vae_errors(vae_dir, tmp_path):
-    space = build_latent_space(LatentConfig(kind="vae", vae=str(vae_dir)))
+    space = build_latent_space(VAETargetConfig(vae=str(vae_dir)))
     with pytest.raises(CrossflowError, match="divisible"):
         space.latent_shape(15)
-    with pytest.raises(CrossflowError, match="latents.vae"):
-        build_latent_space(LatentConfig(kind="vae"))
+    with pytest.raises(CrossflowError, match="target.kind=vae needs target.vae"):
+        build_latent_space(VAETargetConfig())
     with pytest.raises(CrossflowError, match="not a directory"):
-        build_latent_space(LatentConfig(kind="vae", vae=str(tmp_path / "missing")))
+        build_latent_space(VAETargetConfig(vae=str(tmp_path / "missing")))
 
 
 def test_vae_subfolder_of_a_pipeline_dir(vae_dir, tmp_path):
     import shutil
 
     shutil.copytree(vae_dir, tmp_path / "pipe" / "vae")
-    space = build_latent_space(LatentConfig(kind="vae", vae=str(tmp_path / "pipe")))
+    space = build_latent_space(VAETargetConfig(vae=str(tmp_path / "pipe")))
     assert space.identity()["path"] == str(tmp_path / "pipe" / "vae")

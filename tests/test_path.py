@@ -116,6 +116,20 @@ def test_sample_time_uniform():
     assert torch.allclose(hist, torch.full((10,), 0.1), atol=0.01)
 
 
+def test_sample_time_zero_is_the_regression_baseline():
+    """kind "zero": every t is exactly 0, so the target is x1 - x0 at x0 itself (one Euler step)."""
+    g = torch.Generator().manual_seed(1)
+    t = sample_time(8, "zero", g, "cpu")
+    assert t.shape == (8,) and torch.equal(t, torch.zeros(8))
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(1).get_state())  # draws nothing
+    x0, x1 = torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)
+    s = CrossFlowPath(0.0).sample(x0, x1, t)
+    torch.testing.assert_close(s.xt, x0)
+    torch.testing.assert_close(s.target, x1 - x0)
+    end = integrate(lambda x, tt: s.target, x0, 1, "euler")
+    torch.testing.assert_close(end, x1)
+
+
 def test_sample_time_determinism_and_errors():
     a = sample_time(16, "logit_normal", torch.Generator().manual_seed(5), "cpu")
     b = sample_time(16, "logit_normal", torch.Generator().manual_seed(5), "cpu")

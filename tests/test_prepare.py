@@ -20,13 +20,14 @@ from crossflow_core.data.arrays import load_training_arrays
 from crossflow_core.data.manifest import MANIFEST_NAME, Manifest
 from crossflow_core.data.shards import iter_records, verify_shards
 from crossflow_core.data.sources import load_rgb
-from crossflow_core.errors import CrossflowError
-from crossflow_core.recipe import DataConfig, LatentConfig, TextEncoderConfig
+from crossflow_core.errors import CrossflowError, OutputExistsError
+from crossflow_core.recipe import DataConfig, PixelTargetConfig, TextSourceConfig, VAETargetConfig
 
-MINILM = TextEncoderConfig(name="minilm", max_length=12)
-PIXELS = LatentConfig(kind="pixels")
-NO_TEXT = DataConfig(source="shapes", image_size=32, num_samples=40, seed=1, shard_size=16,
-                     precompute_text=False)
+MINILM = TextSourceConfig(encoder="minilm", max_length=12)
+PIXELS = PixelTargetConfig()
+NO_TEXT = DataConfig(
+    source="shapes", image_size=32, num_samples=40, seed=1, shard_size=16, precompute_source=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,13 @@ def test_manifest_fields(shapes_data):
     assert m.text_embedding_shape == (12, 384)
     assert m.text_encoder["name"] == "minilm" and m.text_encoder["hidden_size"] == 384
     assert m.source == {"kind": "shapes", "split": "train", "seed": 0, "num_samples": 64, "image_size": 32}
-    assert m.skipped == {} and any("pixels" in n for n in m.notes)
+    assert m.skipped == {} and m.notes == (
+        "text features stored: tokens.npy, mask.npy",
+        "target latents are the pixels (to_model_range of png): no latent.npy stored",
+    )
+    # the codecs that made the dataset, recorded for the checks at train time
+    assert m.extra["source"] == m.text_encoder and m.extra["target"] == m.latent
+    assert m.extra["feature_shapes"] == {"tokens.npy": [12, 384], "mask.npy": [12]}
     c = m.captions
     assert c.count == 64 and c.max_length == 12 and c.truncated == 0 and 3 <= c.max_tokens <= 12
     raw = json.loads((shapes_data / MANIFEST_NAME).read_text())
@@ -57,27 +64,37 @@ def test_arrays_equal_the_source(shapes_data):
     from crossflow_core.encoders.text import TextEncoder
 
     a = load_training_arrays(shapes_data)
+    assert set(a.fields) == {"png", "txt", "tokens.npy", "mask.npy"}  # every stored field but json
     world = ShapesWorld(image_size=32, seed=0)
     want = np.stack([world.sample(i).image for i in range(64)])
-    assert a.images.dtype == torch.uint8 and a.images.shape == (64, 3, 32, 32)
-    assert np.array_equal(a.images.permute(0, 2, 3, 1).numpy(), want)
-    assert a.captions == [world.sample(i).caption for i in range(64)]
-    assert a.text_tokens.dtype == torch.float16 and a.text_tokens.shape == (64, 12, 384)
-    assert a.latents is None and len(a) == 64
-    emb = TextEncoder.from_config(MINILM).encode(a.captions)
-    assert torch.equal(a.text_mask, emb.mask)
-    torch.testing.assert_close(a.text_tokens.float(), emb.tokens, atol=2e-3, rtol=1e-3)  # float16 storage
+    images, captions, tokens, mask = a["png"], a["txt"], a["tokens.npy"], a["mask.npy"]
+    assert images.dtype == torch.uint8 and images.shape == (64, 3, 32, 32)
+    assert np.array_equal(images.permute(0, 2, 3, 1).numpy(), want)
+    assert captions == [world.sample(i).caption for i in range(64)]
+    assert tokens.dtype == torch.float16 and tokens.shape == (64, 12, 384)
+    assert mask.dtype == torch.bool and mask.shape == (64, 12)
+    assert "latent.npy" not in a and len(a) == 64
+    emb = TextEncoder.from_config(MINILM).encode(captions)
+    assert torch.equal(mask, emb.mask)
+    torch.testing.assert_close(tokens.float(), emb.tokens, atol=2e-3, rtol=1e-3)  # float16 storage
     records = list(iter_records(shapes_data))
-    assert [r.caption for r in records] == a.captions
+    assert [r.caption for r in records] == captions
     assert all(r.meta["category"] == world.sample(i).spec.category for i, r in enumerate(records))
-    assert np.array_equal(np.stack([r.tokens for r in records]), a.text_tokens.numpy())
+    assert np.array_equal(np.stack([r.tokens for r in records]), tokens.numpy())
+    # only the requested fields are read; a missing one is a one-line error
+    only = load_training_arrays(shapes_data, ("tokens.npy", "mask.npy"))
+    assert set(only.fields) == {"tokens.npy", "mask.npy"} and torch.equal(only["tokens.npy"], tokens)
+    with pytest.raises(CrossflowError) as info:
+        load_training_arrays(shapes_data, ("png", "latent.npy"))
+    assert "\n" not in str(info.value) and "it has no latent.npy" in str(info.value)
 
 
 def test_prepare_is_deterministic_and_reports_progress(tmp_path):
     calls = []
     for name in ("a", "b"):
-        prepare_mod.prepare_dataset(NO_TEXT, MINILM, PIXELS, tmp_path / name,
-                                    progress=lambda done, total: calls.append((done, total)))
+        prepare_mod.prepare_dataset(
+            NO_TEXT, MINILM, PIXELS, tmp_path / name, progress=lambda done, total: calls.append((done, total))
+        )
     assert calls[-1] == (40, 40)
     first, second = Manifest.load(tmp_path / "a"), Manifest.load(tmp_path / "b")
     assert [s.sha256 for s in first.shards] == [s.sha256 for s in second.shards]  # byte-identical shards
@@ -86,7 +103,7 @@ def test_prepare_is_deterministic_and_reports_progress(tmp_path):
 def test_output_folder_rules(tmp_path):
     out = tmp_path / "ds"
     prepare_mod.prepare_dataset(NO_TEXT, MINILM, PIXELS, out)
-    with pytest.raises(CrossflowError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match=r"is not empty: replace the dataset there \(overwrite\)"):
         prepare_mod.prepare_dataset(NO_TEXT, MINILM, PIXELS, out)
     m = prepare_mod.prepare_dataset(replace(NO_TEXT, num_samples=5), MINILM, PIXELS, out, overwrite=True)
     assert m.num_samples == 5 and Manifest.load(out).num_samples == 5
@@ -102,7 +119,9 @@ def test_output_folder_rules(tmp_path):
         prepare_mod.prepare_dataset(NO_TEXT, MINILM, PIXELS, other / "precious.txt")
     (tmp_path / "empty").mkdir()
     prepare_mod.prepare_dataset(replace(NO_TEXT, num_samples=3), MINILM, PIXELS, tmp_path / "empty")
-    assert load_training_arrays(tmp_path / "empty").text_tokens is None
+    empty = load_training_arrays(tmp_path / "empty")
+    assert set(empty.fields) == {"png", "txt"} and "tokens.npy" not in empty  # precompute_source=False
+    assert Manifest.load(tmp_path / "empty").text_encoder is None
 
 
 def test_interrupted_prepare_leaves_nothing_complete_looking(tmp_path, monkeypatch):
@@ -150,8 +169,8 @@ def test_prepare_from_folder(tmp_path):
     a = load_training_arrays(tmp_path / "out")
     for i in range(5):
         want = np.asarray(load_rgb(src / f"img.{i}.png", 16))
-        assert np.array_equal(a.images[i].permute(1, 2, 0).numpy(), want)
-        assert a.captions[i] == f"random picture number {i}"
+        assert np.array_equal(a["png"][i].permute(1, 2, 0).numpy(), want)
+        assert a["txt"][i] == f"random picture number {i}"
     with pytest.raises(CrossflowError, match="overlaps"):
         prepare_mod.prepare_dataset(data, MINILM, PIXELS, src / "inside", source_dir=src)
 
@@ -162,18 +181,24 @@ def test_vae_latents_are_precomputed(tmp_path):
     from crossflow_core.encoders.latents import build_latent_space, to_model_range
 
     torch.manual_seed(0)
-    AutoencoderKL(down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                  up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8),
-                  latent_channels=4, norm_num_groups=4, scaling_factor=0.7).save_pretrained(tmp_path / "vae")
-    lat = LatentConfig(kind="vae", vae=str(tmp_path / "vae"))
-    data = replace(NO_TEXT, num_samples=6, image_size=16, precompute_latents=True)
-    m = prepare_mod.prepare_dataset(data, MINILM, lat, tmp_path / "out", latent_batch_size=4)
+    AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        norm_num_groups=4,
+        scaling_factor=0.7,
+    ).save_pretrained(tmp_path / "vae")
+    lat = VAETargetConfig(vae=str(tmp_path / "vae"))
+    # 40 samples: the VAE encodes 32 at a time, so the stored latents cross a batch boundary
+    data = replace(NO_TEXT, num_samples=40, image_size=16, precompute_target=True)
+    m = prepare_mod.prepare_dataset(data, MINILM, lat, tmp_path / "out")
     assert m.has_latents and m.latent_shape == (4, 8, 8) and m.latent_scale == pytest.approx(0.7)
-    assert "latent.npy" in m.fields
+    assert "latent.npy" in m.fields and m.latent["kind"] == "vae" and m.extra["target"] == m.latent
     a = load_training_arrays(tmp_path / "out")
-    want = build_latent_space(lat).encode(to_model_range(a.images))
-    assert a.latents.shape == (6, 4, 8, 8)
-    torch.testing.assert_close(a.latents, want.half().float())
+    want = build_latent_space(lat).encode(to_model_range(a["png"]))
+    assert a["latent.npy"].dtype == torch.float16 and a["latent.npy"].shape == (40, 4, 8, 8)
+    torch.testing.assert_close(a["latent.npy"].float(), want.half().float())
 
 
 def test_cli_prepare(tmp_path):
@@ -182,19 +207,39 @@ def test_cli_prepare(tmp_path):
     app.command("noop")(lambda: None)  # keep typer in multi-command mode
     runner = CliRunner()
     out = tmp_path / "data"
-    args = ["prepare", "--recipe", "shapes", "--out", str(out), "--set", "data.num_samples=24",
-            "--set", "data.precompute_text=false"]
+    args = [
+        "prepare",
+        "--recipe",
+        "shapes",
+        "--out",
+        str(out),
+        "--set",
+        "data.num_samples=24",
+        "--set",
+        "data.precompute_source=false",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "prepared 24 samples in 1 shards" in res.output and str(out) in res.output
     assert Manifest.load(out).num_samples == 24
     res = runner.invoke(app, args)
-    assert res.exit_code == 2 and "error:" in res.output and "--overwrite" in res.output
+    assert res.exit_code == 2 and "error:" in res.output and "is not empty" in res.output
+    assert "(pass --overwrite to replace it)" in res.output
     res = runner.invoke(app, [*args, "--overwrite", "--set", "data.num_samples=10"])
     assert res.exit_code == 0 and Manifest.load(out).num_samples == 10
     src = _folder(tmp_path / "src")
-    res = runner.invoke(app, ["prepare", "--from", str(src), "--out", str(tmp_path / "f"),
-                              "--set", "data.precompute_text=false"])
+    res = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--from",
+            str(src),
+            "--out",
+            str(tmp_path / "f"),
+            "--set",
+            "data.precompute_source=false",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "image_without_caption=1" in res.output and "unreadable_image=1" in res.output
     res = runner.invoke(app, ["prepare", "--from", str(tmp_path / "nope"), "--out", str(tmp_path / "g")])

@@ -177,7 +177,7 @@ def test_manifest_round_trip_and_errors(tmp_path):
         return str(info.value)
 
     assert "does not exist" in err(tmp_path / "nope")
-    assert "crossflow prepare" in err(tmp_path)  # no manifest
+    assert "not a prepared dataset" in err(tmp_path) and "prepare" in err(tmp_path)  # no manifest
     (ds / MANIFEST_NAME).write_text("{not json")
     assert "not valid JSON" in err(ds)
     (ds / MANIFEST_NAME).write_text(json.dumps({**raw, "format_version": 99}))

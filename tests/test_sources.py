@@ -63,16 +63,26 @@ def messy(tmp_path) -> Path:
     ptrans.paste(0, (0, 0, 24, 10))
     ptrans.save(root / "ptrans.png", transparency=0)  # palette index 0 transparent -> white
     _write(root / "ptrans.txt", "palette with transparency")
-    _write(root / "captions.jsonl", json.dumps({"image": "d.bmp", "caption": "palette"}) + "\n\n"
-           + json.dumps({"path": "missing.png", "text": "gone"}) + "\n")
+    _write(
+        root / "captions.jsonl",
+        json.dumps({"image": "d.bmp", "caption": "palette"})
+        + "\n\n"
+        + json.dumps({"path": "missing.png", "text": "gone"})
+        + "\n",
+    )
     _write(root / "meta" / "f.png", _png16_grey(32768))
     _solid("RGB", (0, 200, 0)).save(root / "meta" / "multi.jpeg")
-    _write(root / "meta" / "metadata.jsonl", "\n".join([
-        json.dumps({"file_name": "f.png", "text": "sixteen bit grey"}),
-        json.dumps({"file_name": "multi.jpeg", "text": "green one"}),
-        json.dumps({"file_name": "multi.jpeg", "caption": ["green two", "green three"]}),
-        json.dumps({"file_name": "../e.PNG", "text": "grey with alpha"}),
-    ]))
+    _write(
+        root / "meta" / "metadata.jsonl",
+        "\n".join(
+            [
+                json.dumps({"file_name": "f.png", "text": "sixteen bit grey"}),
+                json.dumps({"file_name": "multi.jpeg", "text": "green one"}),
+                json.dumps({"file_name": "multi.jpeg", "caption": ["green two", "green three"]}),
+                json.dumps({"file_name": "../e.PNG", "text": "grey with alpha"}),
+            ]
+        ),
+    )
     wide = Image.new("RGB", (40, 20), (255, 0, 0))
     wide.paste((0, 0, 255), (20, 0, 40, 20))  # left red, right blue; EXIF says rotate 90 CW
     exif = wide.getexif()
@@ -103,14 +113,28 @@ def test_messy_folder(messy):
     by_file = {}
     for r in records:
         by_file.setdefault(r.meta["file"], []).append(r)
-    assert sorted(by_file) == ["a.png", "d.bmp", "e.PNG", "meta/f.png", "meta/multi.jpeg", "ptrans.png",
-                               "rot.jpg", "sub/b.JPG", "sub/deeper/c.webp", "weird name.v2.png"]
+    assert sorted(by_file) == [
+        "a.png",
+        "d.bmp",
+        "e.PNG",
+        "meta/f.png",
+        "meta/multi.jpeg",
+        "ptrans.png",
+        "rot.jpg",
+        "sub/b.JPG",
+        "sub/deeper/c.webp",
+        "weird name.v2.png",
+    ]
     assert [r.caption for r in by_file["meta/multi.jpeg"]] == ["green one", "green two", "green three"]
     assert by_file["a.png"][0].caption == "a red square"  # whitespace collapsed
     assert by_file["sub/b.JPG"][0].caption == "a cmyk red"  # BOM stripped
     assert by_file["e.PNG"][0].caption == "grey with alpha"  # jsonl path relative to its folder
-    assert dict(src.skipped) == {"image_without_caption": 1, "caption_without_image": 2, "empty_caption": 1,
-                                 "unreadable_image": 2}
+    assert dict(src.skipped) == {
+        "image_without_caption": 1,
+        "caption_without_image": 2,
+        "empty_caption": 1,
+        "unreadable_image": 2,
+    }
     assert src.describe()["skipped_examples"]["unreadable_image"] == ["corrupt.png", "truncated.jpg"]
     keys = [r.key for r in records]
     assert len(set(keys)) == len(keys) and keys == sorted(keys)
@@ -165,8 +189,27 @@ def test_folder_without_pairs_is_one_line_error(tmp_path):
     assert "\n" not in msg and str(root) in msg and "metadata.jsonl" in msg and ".txt" in msg
     with pytest.raises(CrossflowError, match="does not exist"):
         FolderSource(tmp_path / "nope", SIZE)
-    with pytest.raises(CrossflowError, match="--from FOLDER"):
+    with pytest.raises(CrossflowError, match="data.source=folder needs a folder: set data.path=FOLDER"):
         build_source(DataConfig(source="folder"))
+
+
+def test_folder_without_captions_for_a_task_that_reads_no_text(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    _solid("RGB", (10, 20, 30)).save(root / "a.png")
+    _solid("RGB", (40, 50, 60)).save(root / "b.png")
+    _write(root / "b.txt", "a caption")
+    src = build_source(DataConfig(source="folder", path=str(root), image_size=SIZE), require_captions=False)
+    records = sorted(src, key=lambda r: r.caption)
+    assert [r.caption for r in records] == ["", "a caption"]
+    assert all(np.asarray(r.image).shape == (SIZE, SIZE, 3) for r in records)
+    assert [r.caption for r in FolderSource(root, SIZE)] == ["a caption"]  # captions required by default
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CrossflowError) as info:
+        FolderSource(empty, SIZE, require_captions=False)
+    msg = str(info.value)
+    assert "\n" not in msg and "no image in" in msg and ".png" in msg
 
 
 def test_resize_shorter_side_and_centre_crop(tmp_path):
@@ -199,5 +242,10 @@ def test_shapes_source_matches_world():
         assert r.meta["category"] == s.spec.category and r.meta["geneval"] == s.spec.to_geneval()
         assert KEY_RE.fullmatch(r.key)
         json.dumps(r.meta)  # JSON-able
-    assert src.describe() == {"kind": "shapes", "split": "train", "seed": 3, "num_samples": 7,
-                              "image_size": 32}
+    assert src.describe() == {
+        "kind": "shapes",
+        "split": "train",
+        "seed": 3,
+        "num_samples": 7,
+        "image_size": 32,
+    }

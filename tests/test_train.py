@@ -51,10 +51,13 @@ def test_resume_equals_uninterrupted(tiny_overrides, tiny_data, tmp_path, arch):
 
 def test_run_refuses_a_different_recipe(tiny_overrides, tiny_data, tmp_path):
     run(tiny_overrides, tiny_data, tmp_path / "r", "train.steps=1")
-    with pytest.raises(CrossflowError, match="was trained with train.lr"):
+    with pytest.raises(CrossflowError, match="was trained with train.lr") as info:
         run(tiny_overrides, tiny_data, tmp_path / "r", "train.steps=2", "train.lr=0.1")
-    with pytest.raises(CrossflowError, match="already at step 1"):
+    assert "start a new run directory, or set train.lr=0.001 to continue it" in str(info.value)
+    with pytest.raises(CrossflowError, match="already at step 1") as info:
         run(tiny_overrides, tiny_data, tmp_path / "r", "train.steps=0")
+    assert "raise train.steps to continue, or start a new run directory" in str(info.value)
+    assert "--" not in str(info.value)  # the core cites no CLI flag
 
 
 def test_stages_train_the_right_parts(tiny_overrides, tiny_data, tmp_path):
@@ -123,7 +126,171 @@ def test_export_load_gives_identical_samples(tiny_overrides, tiny_data, tmp_path
 def test_a_run_that_failed_before_training_can_restart_with_another_recipe(
     tiny_overrides, tiny_data, tmp_path
 ):
-    with pytest.raises(CrossflowError, match="fewer than train.batch_size=1000"):
+    with pytest.raises(CrossflowError, match="fewer than train.batch_size=1000") as info:
         run(tiny_overrides, tiny_data, tmp_path / "r", "train.steps=1", "train.batch_size=1000")
+    assert "set train.batch_size=64 or prepare more data" in str(info.value) and "--" not in str(info.value)
     assert not (tmp_path / "r" / "model").exists()
     assert run(tiny_overrides, tiny_data, tmp_path / "r", "train.steps=1").step == 1
+
+
+def test_system_loss_terms_by_phase(tiny_overrides):
+    """One batch through `CrossFlowSystem` (Batch = SourceBatch + target latents) in each phase."""
+    from crossflow_core.codecs import SourceBatch
+    from crossflow_core.train.system import Batch, CrossFlowSystem
+
+    recipe = load_recipe("shapes", tiny_overrides)
+    spec, latent_shape = {"num_tokens": 12, "token_dim": 24}, (3, 16, 16)
+    torch.manual_seed(0)
+    system = CrossFlowSystem.from_recipe(recipe, spec, latent_shape)
+    assert system.ve.init_args["num_tokens"] == 12 and system.ve.init_args["token_dim"] == 24
+    assert tuple(system.flow.init_args["latent_shape"]) == latent_shape
+    mask = torch.ones(8, 12, dtype=torch.bool)
+    mask[:, 6:] = False
+    batch = Batch(
+        source=SourceBatch(torch.randn(8, 12, 24), mask), target=torch.rand(8, *latent_shape) * 2 - 1
+    )
+
+    def grads(phase):
+        system.zero_grad(set_to_none=True)
+        out = system(batch, phase)
+        out.total.backward()
+        has = {
+            part: any(
+                p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(system, part).parameters()
+            )
+            for part in ("ve", "flow", "objective")
+        }
+        return out, has
+
+    out, has = grads("joint")
+    assert all(v > 0 for v in out.as_floats().values())
+    torch.testing.assert_close(
+        out.total, out.fm + recipe.ve.enc_weight * out.enc + recipe.ve.kl_weight * out.kl
+    )
+    assert has == {"ve": True, "flow": True, "objective": True}
+    out, has = grads("ve")
+    assert out.fm == 0 and out.enc > 0 and out.kl > 0
+    assert has == {"ve": True, "flow": False, "objective": True}
+    out, has = grads("flow")
+    assert out.enc == 0 and out.kl == 0 and out.fm > 0
+    assert has == {"ve": False, "flow": True, "objective": False}  # the VE is frozen
+
+
+def test_export_layout_and_pre_seam_models_still_load(tiny_overrides, tiny_data, tmp_path):
+    """RUN/model is model_index.json + ve/ + flow/; a model exported before the task seam
+    (config.json + one model.safetensors with ve./flow. prefixes) loads to the same samples."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from crossflow_core.export import load_exported
+
+    run(tiny_overrides, tiny_data, tmp_path / "run", "train.steps=2")
+    model = tmp_path / "run" / "model"
+    assert sorted(p.name for p in model.iterdir()) == ["flow", "model_index.json", "ve"]
+    index = json.loads((model / "model_index.json").read_text())
+    assert (index["format"], index["version"], index["task"], index["step"]) == (
+        "crossflow-model",
+        2,
+        "t2i",
+        2,
+    )
+    assert index["latent_shape"] == [3, 32, 32] and index["image_size"] == 32
+    assert index["source"]["kind"] == "text" and index["source"]["spec"] == {
+        "num_tokens": 12,
+        "token_dim": 384,
+    }
+    assert index["source"]["identity"]["name"] == "minilm" and index["target"]["kind"] == "pixels"
+    assert json.loads((model / "ve" / "config.json").read_text())["class"] == "TextVariationalEncoder"
+    assert json.loads((model / "flow" / "config.json").read_text())["class"] == "FlowUNet"
+    exported = load_exported(tmp_path / "run")
+    assert exported.index.recipe == load_recipe("shapes", [*tiny_overrides, "train.steps=2"])
+    assert exported.index.latent_shape == (3, 32, 32) and exported.index.step == 2
+
+    # the same weights in the pre-seam layout (format version 1)
+    old = tmp_path / "old" / "model"
+    old.mkdir(parents=True)
+    weights = {
+        f"{part}.{k}": v
+        for part in ("ve", "flow")
+        for k, v in load_file(model / part / "model.safetensors").items()
+    }
+    save_file(weights, old / "model.safetensors")
+    recipe = exported.index.recipe.to_dict()
+    source = recipe.pop("source")
+    recipe.pop("target"), recipe.pop("task"), recipe["ve"].pop("kind")
+    recipe["text_encoder"] = {
+        "name": source["encoder"],
+        "max_length": source["max_length"],
+        "embedding_scale": source["embedding_scale"],
+    }
+    recipe["latents"] = {"kind": "pixels", "vae": None, "scale_factor": None, "shift_factor": None}
+    recipe["data"]["precompute_text"] = recipe["data"].pop("precompute_source")
+    recipe["data"]["precompute_latents"] = recipe["data"].pop("precompute_target")
+    (old / "config.json").write_text(
+        json.dumps(
+            {
+                "format": "crossflow-model",
+                "version": 1,
+                "recipe": recipe,
+                "shapes": {"latent_shape": [3, 32, 32], "num_tokens": 12, "token_dim": 384},
+                "image_size": 32,
+                "text_encoder": index["source"]["identity"],
+                "latent_space": index["target"]["identity"],
+                "step": 2,
+            }
+        )
+    )
+    legacy = load_exported(tmp_path / "old")
+    assert legacy.index.recipe == exported.index.recipe
+    assert legacy.index.source["spec"] == index["source"]["spec"] and legacy.index.latent_shape == (3, 32, 32)
+    for part in ("ve", "flow"):
+        new_sd, old_sd = getattr(exported, part).state_dict(), getattr(legacy, part).state_dict()
+        assert new_sd.keys() == old_sd.keys() and all(torch.equal(new_sd[k], old_sd[k]) for k in new_sd)
+    settings = SampleSettings(steps=2, solver="euler", cfg_scale=2.0, seed=3)
+    prompts = ["a red circle", "two blue squares"]
+    assert torch.equal(
+        CrossFlowPipeline.load(tmp_path / "old").generate(prompts, settings),
+        CrossFlowPipeline.load(tmp_path / "run").generate(prompts, settings),
+    )
+    # damaged exports are one-line errors naming the file
+    (model / "flow" / "model.safetensors").unlink()
+    with pytest.raises(CrossflowError, match="model.safetensors is missing: re-export the model"):
+        load_exported(model)
+
+
+def test_sample_settings_are_the_recipe_sample_section(tiny_overrides):
+    from crossflow_core.recipe import RecipeError, SampleConfig
+
+    assert SampleSettings is SampleConfig
+    defaults = load_recipe("shapes", tiny_overrides).sample
+    settings = defaults.with_overrides(steps=4, solver="heun", seed=None)
+    assert (settings.steps, settings.solver, settings.seed) == (4, "heun", defaults.seed)  # None keeps
+    assert settings.settings() == {
+        "steps": 4,
+        "solver": "heun",
+        "cfg_scale": defaults.cfg_scale,
+        "batch_size": defaults.batch_size,
+        "seed": defaults.seed,
+    }
+    with pytest.raises(
+        RecipeError, match="sample.solver: invalid choice 'rk9'; expected one of: euler, heun"
+    ):
+        defaults.with_overrides(solver="rk9")
+    with pytest.raises(RecipeError, match=r"sample.steps=0 must be > 0"):
+        SampleSettings(steps=0).check()
+    with pytest.raises(RecipeError, match=r"sample.batch_size=0 must be > 0"):
+        SampleSettings(batch_size=0).check()
+
+
+def test_runs_with_different_mixed_precision_in_one_process(tiny_overrides, tiny_data, tmp_path):
+    """accelerate keeps one process-wide state; train() must not refuse a second precision."""
+    for i, precision in enumerate(["no", "bf16", "no"]):
+        result = run(
+            tiny_overrides,
+            tiny_data,
+            tmp_path / f"r{i}",
+            "train.steps=1",
+            f"train.mixed_precision={precision}",
+        )
+        assert result.step == 1 and (result.model_dir / "model_index.json").is_file()

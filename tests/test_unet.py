@@ -12,10 +12,20 @@ from crossflow_core.recipe import ModelConfig, RecipeError, load_recipe
 from crossflow_core.unet import FlowUNet
 
 UNET = ModelConfig(arch="unet", unet_channels=(8, 16), unet_attention=(False, True), unet_head_dim=8)
+UNET_ARGS = dict(channels=(8, 16), attention=(False, True), head_dim=8)
 
 
 def test_the_recipe_arch_picks_the_network():
-    assert isinstance(build_flow_model(UNET, (3, 16, 16)), FlowUNet)
+    unet = build_flow_model(UNET, (3, 16, 16))
+    assert isinstance(unet, FlowUNet)
+    assert unet.init_args == dict(
+        latent_shape=[3, 16, 16],
+        channels=[8, 16],
+        layers=1,
+        attention=[False, True],
+        head_dim=8,
+        cond_channels=0,
+    )
     assert isinstance(build_flow_model(ModelConfig(width=32, depth=1, heads=2), (3, 16, 16)), FlowTransformer)
     assert load_recipe("shapes").model.arch == "unet"
     assert load_recipe("t2i_256").model.arch == "dit"
@@ -24,7 +34,7 @@ def test_the_recipe_arch_picks_the_network():
 @pytest.mark.parametrize("latent", [(3, 16, 16), (4, 8, 12)])
 def test_unet_batched_equals_single_and_sees_time_and_indicator(latent):
     torch.manual_seed(0)
-    model = FlowUNet(UNET, latent).eval()
+    model = FlowUNet(latent, **UNET_ARGS).eval()
     x, t, ind = torch.randn(3, *latent), torch.rand(3), torch.tensor([1, 0, 1])
     out = model(x, t, ind)
     assert out.shape == x.shape
@@ -55,5 +65,12 @@ def test_bad_unet_recipes_fail_at_load(overrides, message):
 
 def test_unet_refuses_latents_its_levels_cannot_halve():
     with pytest.raises(CrossflowError, match="not divisible by 2"):
-        FlowUNet(UNET, (3, 15, 16))
-    FlowUNet(UNET, (3, 14, 16))  # every level of a 2-level U-Net halves once: even sizes are fine
+        FlowUNet((3, 15, 16), **UNET_ARGS)
+    model = FlowUNet(
+        (3, 14, 16), **UNET_ARGS
+    )  # every level of a 2-level U-Net halves once: even sizes are fine
+    # convolutional: it runs on other even sizes too, and refuses odd ones in one line
+    ind = torch.ones(1, dtype=torch.long)
+    assert model(torch.randn(1, 3, 8, 10), torch.rand(1), ind).shape == (1, 3, 8, 10)
+    with pytest.raises(CrossflowError, match="a 7x10 latent cannot pass 2x downsampling"):
+        model(torch.randn(1, 3, 7, 10), torch.rand(1), ind)

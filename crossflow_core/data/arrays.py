@@ -1,7 +1,10 @@
-"""A prepared dataset loaded whole into memory, as tensors for training.
+"""A prepared dataset's fields loaded into memory, as tensors for training.
 
-Fine for the datasets this project trains on CPU (tens of thousands of small images); streaming
-the shards for larger datasets is future work. Shards are read in parallel (one thread each).
+Only the fields a task's codecs name are read (e.g. `tokens.npy`, `mask.npy`, `latent.npy`;
+never the PNG when a latent is stored). Shards are read in parallel (one thread each).
+
+Field values: "png" -> uint8 [N, 3, H, W]; "txt" -> list[str]; "*.npy" -> the stacked arrays
+as tensors [N, ...] in their stored dtype (float16 features, bool masks).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,36 +25,37 @@ from crossflow_core.data.shards import decode_png, iter_shard_files, load_npy
 
 @dataclass(frozen=True)
 class TrainingArrays:
-    """All samples of a prepared dataset, in shard order.
+    """The requested fields of every sample of a prepared dataset, in shard order."""
 
-    images:      uint8 [N, 3, H, W]
-    latents:     float32 [N, C, h, w], or None when not precomputed (pixel space: use images)
-    text_tokens: float16 [N, L, D], or None when not precomputed
-    text_mask:   bool [N, L], or None
-    """
-
-    images: torch.Tensor
-    latents: torch.Tensor | None
-    text_tokens: torch.Tensor | None
-    text_mask: torch.Tensor | None
-    captions: list[str]
+    fields: dict[str, Any]
     manifest: Manifest
 
     def __len__(self) -> int:
-        return int(self.images.shape[0])
+        return int(self.manifest.num_samples)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.fields
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
 
 
-def load_training_arrays(data_dir: Path, workers: int | None = None) -> TrainingArrays:
-    """Read every shard of ``data_dir`` into memory (`CrossflowError` if it is not a dataset)."""
+def load_training_arrays(
+    data_dir: Path, fields: tuple[str, ...] | None = None, workers: int | None = None
+) -> TrainingArrays:
+    """Read `fields` (default: every field the manifest lists but json) of ``data_dir``.
+
+    Raises `CrossflowError` when the folder is not a dataset or lacks a requested field.
+    """
     data_dir = Path(data_dir)
     workers = workers or min(4, os.cpu_count() or 1)
     m = Manifest.load(data_dir)
-    n, s = m.num_samples, m.image_size
-    images = np.empty((n, s, s, 3), np.uint8)
-    tokens = np.empty((n, *m.text_embedding_shape), np.float16) if m.has_text_tokens else None
-    masks = np.empty((n, m.text_embedding_shape[0]), bool) if m.has_text_tokens else None
-    latents = np.empty((n, *m.latent_shape), np.float16) if m.has_latents else None
-    captions: list[str] = [""] * n
+    wanted = tuple(f for f in m.fields if f != "json") if fields is None else tuple(fields)
+    missing = [f for f in wanted if f not in m.fields]
+    if missing:
+        raise not_prepared(data_dir, f"it has no {', '.join(missing)} (fields: {', '.join(m.fields)})")
+    n = m.num_samples
+    columns: dict[str, list[Any]] = {f: [None] * n for f in wanted}
     offsets = np.cumsum([0] + [sh.count for sh in m.shards]).tolist()
 
     def read(index: int) -> None:
@@ -60,28 +65,36 @@ def load_training_arrays(data_dir: Path, workers: int | None = None) -> Training
             for _key, files in iter_shard_files(data_dir / shard.name):
                 if i >= offsets[index + 1]:
                     raise ValueError("more samples than the manifest lists")
-                images[i] = decode_png(files["png"])
-                captions[i] = files["txt"].decode("utf-8")
-                if tokens is not None:
-                    tokens[i] = load_npy(files["tokens.npy"])
-                    masks[i] = load_npy(files["mask.npy"])  # type: ignore[index]
-                if latents is not None:
-                    latents[i] = load_npy(files["latent.npy"])
+                for name in wanted:
+                    columns[name][i] = _decode(name, files[name])
                 i += 1
         except (KeyError, ValueError, OSError, tarfile.TarError) as exc:
             why = f"missing file {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
             raise not_prepared(data_dir, f"shard {shard.name} is unreadable: {why}") from None
         if i != offsets[index + 1]:
-            raise not_prepared(data_dir, f"shard {shard.name} holds {i - offsets[index]} samples, "
-                                         f"manifest says {shard.count}")
+            raise not_prepared(
+                data_dir,
+                f"shard {shard.name} holds {i - offsets[index]} samples, manifest says {shard.count}",
+            )
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(m.shards)))) as pool:
         list(pool.map(read, range(len(m.shards))))
-    return TrainingArrays(
-        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-        latents=torch.from_numpy(latents).float() if latents is not None else None,
-        text_tokens=torch.from_numpy(tokens) if tokens is not None else None,
-        text_mask=torch.from_numpy(masks) if masks is not None else None,
-        captions=captions,
-        manifest=m,
-    )
+    return TrainingArrays({name: _stack(name, col) for name, col in columns.items()}, m)
+
+
+def _decode(name: str, data: bytes) -> Any:
+    if name == "png":
+        return decode_png(data)
+    if name == "txt":
+        return data.decode("utf-8")
+    if name.endswith(".npy"):
+        return load_npy(data)
+    return data
+
+
+def _stack(name: str, column: list[Any]) -> Any:
+    if name == "png":
+        return torch.from_numpy(np.stack(column)).permute(0, 3, 1, 2).contiguous()
+    if name.endswith(".npy"):
+        return torch.from_numpy(np.stack(column))
+    return column

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crossflow_core.atomic import write_text
 from crossflow_core.errors import CrossflowError
 
 FORMAT_VERSION = 1
@@ -23,7 +23,7 @@ MANIFEST_NAME = "manifest.json"
 def not_prepared(data_dir: Path, why: str) -> CrossflowError:
     """The one-line error for a directory that is not (or no longer) a prepared dataset."""
     return CrossflowError(f"{data_dir} is not a prepared dataset ({why}): "
-                          f"run crossflow prepare --recipe RECIPE --out {data_dir} --overwrite")
+                          "prepare it again, replacing it")
 
 
 @dataclass(frozen=True)
@@ -104,14 +104,7 @@ class Manifest:
     def save(self, data_dir: Path) -> Path:
         """Write ``DIR/manifest.json`` atomically (temp file, fsync, rename); returns its path."""
         path = Path(data_dir) / MANIFEST_NAME
-        tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+        return write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n", fsync=True)
 
     @classmethod
     def load(cls, data_dir: Path, check_shards: bool = True) -> Manifest:
@@ -120,7 +113,7 @@ class Manifest:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise CrossflowError(f"dataset folder {data_dir} does not exist: "
-                                 f"run crossflow prepare --recipe RECIPE --out {data_dir}")
+                                 "prepare a dataset there first")
         path = data_dir / MANIFEST_NAME
         if not path.is_file():
             raise not_prepared(data_dir, f"no {MANIFEST_NAME}")

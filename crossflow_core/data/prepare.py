@@ -1,8 +1,10 @@
-"""`prepare`: a source of (image, caption) pairs -> WebDataset shards + `manifest.json`.
+"""`prepare`: a source of images (with captions when the task reads text) -> WebDataset shards +
+`manifest.json`.
 
-Text embeddings (float16 [L, D] + mask) and VAE latents (float16 [C, h, w]) are computed once
-here, in batches, so training never loads the frozen encoders. Captions that repeat (the shapes
-world has few distinct ones) are encoded once per run.
+Every sample stores `png`, `txt` and `json`; the task's codecs add the features they precompute
+(`data.precompute_source` / `precompute_target`: LM tokens + mask, VAE latents, SR sources ...),
+in batches, so training never loads the frozen encoders. Captions that repeat (the shapes world
+has few distinct ones) are encoded once per run.
 
 The output appears atomically: everything is written into a hidden temporary folder beside
 ``out_dir`` (shards first, the manifest last) and renamed into place when complete, so an
@@ -12,8 +14,10 @@ interrupted prepare never leaves a complete-looking dataset.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,44 +29,18 @@ import numpy as np
 from PIL import Image
 
 import crossflow_core
+from crossflow_core.codecs import Codec, RawSample, SourceCodec, build_codecs
 from crossflow_core.data.manifest import MANIFEST_NAME, CaptionStats, Manifest
-from crossflow_core.data.shards import FIELD_ORDER, ShardSample, ShardWriter, encode_sample
+from crossflow_core.data.shards import ShardWriter, npy_bytes, png_bytes
 from crossflow_core.data.sources import SourceRecord, build_source, warn_skipped
-from crossflow_core.encoders.latents import LatentSpace, build_latent_space, to_model_range
-from crossflow_core.encoders.text import TextEncoder
-from crossflow_core.errors import CrossflowError
-from crossflow_core.recipe import DataConfig, LatentConfig, TextEncoderConfig
+from crossflow_core.errors import CrossflowError, OutputExistsError
+from crossflow_core.recipe import DataConfig, SourceConfig, TargetConfig
+
+FEATURE_ORDER = ("tokens.npy", "mask.npy", "source.npy", "latent.npy")
+_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, "int | None"], None]
-
-
-class _EmbeddingCache:
-    """caption -> (tokens float16 [L, D], mask bool [L], untruncated token count), bounded in bytes."""
-
-    def __init__(self, encoder: TextEncoder, max_bytes: int = 512 << 20) -> None:
-        self.encoder, self.max_bytes, self.bytes = encoder, max_bytes, 0
-        self.table: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
-
-    def lookup(self, captions: list[str]) -> list[tuple[np.ndarray, np.ndarray, int]]:
-        missing = list(dict.fromkeys(c for c in captions if c not in self.table))
-        fresh: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
-        if missing:
-            emb = self.encoder.encode(missing)
-            tokens = emb.tokens.cpu().numpy().astype(np.float16)
-            if not np.isfinite(tokens).all():
-                raise CrossflowError(
-                    f"text embeddings overflow float16 (max |x| = {emb.tokens.abs().max().item():.3g}): "
-                    "lower text_encoder.embedding_scale"
-                )
-            masks = emb.mask.cpu().numpy()
-            counts = self.encoder.count_tokens(missing)
-            for caption, tok, mask, n in zip(missing, tokens, masks, counts, strict=True):
-                fresh[caption] = (tok, mask, n)
-                if self.bytes + tok.nbytes <= self.max_bytes:
-                    self.table[caption] = fresh[caption]
-                    self.bytes += tok.nbytes + mask.nbytes
-        return [self.table.get(c) or fresh[c] for c in captions]
 
 
 class _CaptionStatsAccumulator:
@@ -85,25 +63,38 @@ class _CaptionStatsAccumulator:
 
     def result(self) -> CaptionStats:
         mean = round(self.words / self.count, 3) if self.count else 0.0
-        return CaptionStats(self.count, len(self.unique), mean, self.max_words, self.max_tokens,
-                            self.max_length, self.truncated)
+        return CaptionStats(
+            self.count,
+            len(self.unique),
+            mean,
+            self.max_words,
+            self.max_tokens,
+            self.max_length,
+            self.truncated,
+        )
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool, source_dir: Path | None) -> None:
     if out_dir.exists() and not out_dir.is_dir():
-        raise CrossflowError(f"--out {out_dir} is a file: pass a folder path")
+        raise CrossflowError(f"the output {out_dir} is a file: pass a folder path")
     if source_dir is not None:
         src, out = Path(os.path.abspath(source_dir)), Path(os.path.abspath(out_dir))
         if src == out or out in src.parents or src in out.parents:
-            raise CrossflowError(f"--out {out_dir} overlaps the source folder {source_dir}: "
-                                 "write the dataset somewhere else")
+            raise CrossflowError(
+                f"the output folder {out_dir} overlaps the source folder {source_dir}: "
+                "write the dataset somewhere else"
+            )
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise CrossflowError(f"--out {out_dir} is not empty: pass --overwrite to replace the dataset "
-                                 "there, or choose another folder")
+            raise OutputExistsError(
+                f"the output folder {out_dir} is not empty: replace the dataset there "
+                "(overwrite) or choose another folder"
+            )
         if not (out_dir / MANIFEST_NAME).is_file():
-            raise CrossflowError(f"--out {out_dir} is not empty and holds no prepared dataset "
-                                 f"(no {MANIFEST_NAME}): refusing to delete it; choose another folder")
+            raise CrossflowError(
+                f"the output folder {out_dir} is not empty and holds no prepared dataset "
+                f"(no {MANIFEST_NAME}): refusing to delete it; choose another folder"
+            )
 
 
 def _remove_stale_partials(out_dir: Path) -> None:
@@ -112,7 +103,7 @@ def _remove_stale_partials(out_dir: Path) -> None:
     for path in out_dir.parent.iterdir():
         if not path.name.startswith(prefix):
             continue
-        kind, _, pid = path.name[len(prefix):].rpartition("-")
+        kind, _, pid = path.name[len(prefix) :].rpartition("-")
         if kind not in {"partial", "old"} or not pid.isdigit() or not path.is_dir():
             continue
         try:
@@ -144,79 +135,86 @@ def _batches(records: Iterator[SourceRecord], size: int) -> Iterator[list[Source
 def _as_array(image: np.ndarray | Image.Image, size: int, key: str) -> np.ndarray:
     arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
     if arr.shape != (size, size, 3):
-        raise CrossflowError(f"sample {key} has image shape {arr.shape}, expected ({size}, {size}, 3): "
-                             "fix the source or data.image_size")
+        raise CrossflowError(
+            f"sample {key} has image shape {arr.shape}, expected ({size}, {size}, 3): "
+            "fix the source or data.image_size"
+        )
     return arr
 
 
 def prepare_dataset(
     data: DataConfig,
-    text: TextEncoderConfig,
-    latents: LatentConfig,
+    source_cfg: SourceConfig,
+    target_cfg: TargetConfig,
     out_dir: Path,
     *,
     source_dir: Path | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     device: str = "cpu",
-    latent_batch_size: int = 32,
 ) -> Manifest:
-    """Write ``out_dir`` (shards + manifest) from the source ``data`` names; returns the manifest.
+    """Write ``out_dir`` (shards + manifest) from the images ``data`` names; returns the manifest.
 
-    Records are processed in windows of up to 4096 (at most ~64 MB of pixels): the window's new
-    captions are encoded together (grouped by token count), latents in ``latent_batch_size``
-    chunks. ``progress(done, total)`` is called after every window (total None when unknown).
+    Records are processed in windows of up to 4096 (at most ~64 MB of pixels); the codecs
+    precompute their features per window. ``progress(done, total)`` is called after every window
+    (total None when unknown).
     """
     out_dir = Path(out_dir).expanduser()
     if data.shard_size < 1:
         raise CrossflowError(f"data.shard_size must be >= 1, got {data.shard_size}")
     _check_out_dir(out_dir, overwrite, source_dir)
-    source = build_source(data, source_dir)
-    total = len(source)
-    encoder = TextEncoder.from_config(text, device=device) if data.precompute_text else None
-    space = build_latent_space(latents, device=device)
-    latent_shape = space.latent_shape(data.image_size)
-    store_latents = data.precompute_latents and latents.kind != "pixels"
-    notes = []
-    if latents.kind == "pixels":
-        notes.append("latents are the pixels (to_model_range of png): no latent.npy stored")
-    elif not store_latents:
-        notes.append("latents not precomputed (data.precompute_latents=false): encode the png at train time")
-    if encoder is None:
-        notes.append("text embeddings not precomputed (data.precompute_text=false)")
+    source_codec, target_codec = build_codecs(source_cfg, target_cfg, device=device)
+    images = build_source(data, source_dir, require_captions=source_codec.needs_captions)
+    total = len(images)
+    codecs = [
+        c
+        for c, on in ((source_codec, data.precompute_source), (target_codec, data.precompute_target))
+        if on and c.precomputed_fields()
+    ]
+    latent_shape = target_codec.latent_shape(data.image_size)
+    notes = [f"{c.kind} features stored: {', '.join(c.precomputed_fields())}" for c in codecs]
+    if target_codec.kind == "pixels":
+        notes.append("target latents are the pixels (to_model_range of png): no latent.npy stored")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shards, stats = _write_shards(source, tmp, data, encoder, space if store_latents else None,
-                                      latent_batch_size, progress, total)
-        skipped = {k: int(v) for k, v in sorted(source.skipped.items()) if v}
-        warn_skipped(skipped, str(source.describe().get("path", "source")))
+        shards, stats, shapes = _write_shards(images, tmp, data, source_codec, codecs, progress, total)
+        skipped = {k: int(v) for k, v in sorted(images.skipped.items()) if v}
+        warn_skipped(skipped, str(images.describe().get("path", "source")))
         if not shards:
-            raise CrossflowError(f"no sample could be read from the source ({source.describe()['kind']}): "
-                                 "every image was skipped; see the warning above")
-        fields = ["png", "txt", "json"] + (["tokens.npy", "mask.npy"] if encoder else [])
-        fields += ["latent.npy"] if store_latents else []
+            raise CrossflowError(
+                f"no sample could be read from the source ({images.describe()['kind']}): "
+                "every image was skipped; see the warning above"
+            )
+        stored = [f for c in codecs for f in c.precomputed_fields()]
+        fields = ["png", "txt", "json"] + [f for f in FEATURE_ORDER if f in stored]
+        text = "tokens.npy" in stored
         manifest = Manifest(
             num_samples=sum(s.count for s in shards),
             shards=shards,
             image_size=data.image_size,
-            fields=tuple(f for f in FIELD_ORDER if f in fields),
+            fields=tuple(fields),
             captions=stats.result(),
-            text_encoder=encoder.identity() if encoder else None,
-            text_embedding_shape=(encoder.max_length, encoder.dim) if encoder else None,
-            latent=space.identity(),
+            text_encoder=source_codec.identity() if text else None,
+            text_embedding_shape=shapes["tokens.npy"] if text else None,  # type: ignore[arg-type]
+            latent=target_codec.identity(),
             latent_shape=tuple(latent_shape),  # type: ignore[arg-type]
-            latent_scale=float(space.scale),
-            latent_shift=float(space.shift),
-            has_latents=store_latents,
-            source=source.describe(),
+            latent_scale=float(getattr(getattr(target_codec, "space", None), "scale", 1.0)),
+            latent_shift=float(getattr(getattr(target_codec, "space", None), "shift", 0.0)),
+            has_latents="latent.npy" in stored,
+            source=images.describe(),
             skipped=skipped,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             crossflow_version=crossflow_core.__version__,
             notes=tuple(notes),
+            extra={
+                "source": source_codec.identity(),
+                "target": target_codec.identity(),
+                "feature_shapes": {k: list(v) for k, v in shapes.items()},
+            },
         )
         manifest.save(tmp)  # last: a folder without it is not a dataset
         _swap_into_place(tmp, out_dir)
@@ -226,47 +224,59 @@ def prepare_dataset(
     return manifest
 
 
-def _encode_many(samples: list[ShardSample]) -> list[tuple[str, dict[str, bytes]]]:
-    return [(s.key, encode_sample(s)) for s in samples]
+def _encode_many(
+    items: list[tuple[SourceRecord, np.ndarray, dict[str, np.ndarray]]],
+) -> list[tuple[str, dict]]:
+    out = []
+    for record, image, features in items:
+        if not _KEY_RE.fullmatch(record.key):
+            raise ValueError(f"shard key {record.key!r} must be 1-80 characters of [A-Za-z0-9_-]")
+        files = {
+            "png": png_bytes(image),
+            "txt": record.caption.encode("utf-8"),
+            "json": json.dumps(record.meta, sort_keys=True, separators=(",", ":")).encode("utf-8"),
+        }
+        files.update({name: npy_bytes(value) for name, value in features.items()})
+        out.append((record.key, files))
+    return out
 
 
-def _write_shards(source: Any, tmp: Path, data: DataConfig, encoder: TextEncoder | None,
-                  space: LatentSpace | None, latent_batch_size: int, progress: Progress | None,
-                  total: int | None) -> tuple[tuple, _CaptionStatsAccumulator]:
-    cache = _EmbeddingCache(encoder) if encoder else None
-    stats = _CaptionStatsAccumulator(encoder.max_length if encoder else None)
+def _write_shards(
+    records: Any,
+    tmp: Path,
+    data: DataConfig,
+    source: SourceCodec,
+    codecs: list[Codec],
+    progress: Progress | None,
+    total: int | None,
+) -> tuple[tuple, _CaptionStatsAccumulator, dict]:
+    counting = source.needs_captions and source in codecs  # token counts only where the LM runs anyway
+    stats = _CaptionStatsAccumulator(
+        getattr(getattr(source, "cfg", None), "max_length", None) if counting else None
+    )
+    shapes: dict[str, tuple[int, ...]] = {}
     done = 0
     # Large windows keep the LM's batches large (few forward passes); at most ~64 MB of pixels.
     window = int(np.clip((64 << 20) // (3 * data.image_size**2), 32, 4096))
     with ShardWriter(tmp, data.shard_size) as writer, ThreadPoolExecutor(max_workers=2) as pool:
-        for batch in _batches(iter(source), window):
+        for batch in _batches(iter(records), window):
             images = [_as_array(r.image, data.image_size, r.key) for r in batch]
-            text = cache.lookup([r.caption for r in batch]) if cache else [None] * len(batch)
-            lat = _latents(space, images, latent_batch_size) if space is not None else None
-            samples = []
+            raw = [RawSample(image, r.caption) for image, r in zip(images, batch)]
+            features: dict[str, np.ndarray] = {}
+            for codec in codecs:
+                features.update(codec.precompute(raw))
+            for name, value in features.items():
+                shapes.setdefault(name, tuple(int(v) for v in value.shape[1:]))
+            counts = source.caption_tokens([r.caption for r in batch]) if counting else None
             for i, r in enumerate(batch):
-                t = text[i]
-                stats.add(r.caption, t[2] if t else None)
-                samples.append(ShardSample(r.key, images[i], r.caption, r.meta,
-                                           tokens=t[0] if t else None, mask=t[1] if t else None,
-                                           latent=lat[i] if lat is not None else None))
-            half = (len(samples) + 1) // 2  # PNG/npy encoding in two threads (zlib releases the GIL)
-            for part in pool.map(_encode_many, [samples[:half], samples[half:]]):
+                stats.add(r.caption, counts[i] if counts else None)
+            items = [(r, images[i], {k: v[i] for k, v in features.items()}) for i, r in enumerate(batch)]
+            half = (len(items) + 1) // 2  # PNG/npy encoding in two threads (zlib releases the GIL)
+            for part in pool.map(_encode_many, [items[:half], items[half:]]):
                 for key, files in part:
                     writer.write_files(key, files)
             done += len(batch)
             if progress is not None:
                 progress(done, total)
         shards = writer.close()
-    return shards, stats
-
-
-def _latents(space: LatentSpace, images: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """uint8 [H, W, 3] images -> float16 latents [N, C, h, w], encoded batch_size at a time."""
-    z = np.concatenate([
-        space.encode(to_model_range(np.stack(images[i:i + batch_size]))).cpu().numpy()
-        for i in range(0, len(images), batch_size)
-    ]).astype(np.float16)
-    if not np.isfinite(z).all():
-        raise CrossflowError("image latents overflow float16: check latents.scale_factor")
-    return z
+    return shards, stats, shapes

@@ -11,11 +11,13 @@ Per-sample files:
 Arrays are ``np.save(allow_pickle=False)`` and read with ``allow_pickle=False``; nothing is pickled.
 Shards are plain POSIX ustar archives (readable by tar, `tarfile` and webdataset); members have
 mode 0444, mtime 0 and no owner, so the same samples give byte-identical shards. A shard is
-written under a temporary name and renamed when complete: a final-named shard is always whole.
+written under a hidden temporary name and renamed when complete (`crossflow_core.atomic`):
+a final-named shard is always whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -31,6 +33,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from crossflow_core.atomic import atomic_file
 from crossflow_core.data.manifest import Manifest, ShardInfo, not_prepared
 
 BLOCK, RECORD = 512, 10240  # tar block size and tarfile's default record size
@@ -153,6 +156,7 @@ class ShardWriter:
         self.out_dir, self.shard_size, self.pattern = Path(out_dir), shard_size, pattern
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shards: list[ShardInfo] = []
+        self._stack: contextlib.ExitStack | None = None  # the shard in progress: temp file, then rename
         self._file: BinaryIO | None = None
         self._hash: _HashingFile | None = None
         self._count = 0
@@ -160,12 +164,10 @@ class ShardWriter:
     def _final_path(self) -> Path:
         return self.out_dir / self.pattern.format(len(self.shards))
 
-    def _tmp_path(self) -> Path:
-        final = self._final_path()
-        return final.with_name(f".{final.name}.tmp")
-
     def _open(self) -> None:
-        self._file = open(self._tmp_path(), "wb")
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic_file(self._final_path()))  # renamed on close, else removed
+        self._file = self._stack.enter_context(open(tmp, "wb"))
         self._hash = _HashingFile(self._file)
         self._count = 0
 
@@ -187,17 +189,16 @@ class ShardWriter:
             self._finish()
 
     def _finish(self) -> None:
-        assert self._file is not None and self._hash is not None
+        assert self._stack is not None and self._file is not None and self._hash is not None
         end = 2 * BLOCK  # two zero blocks end the archive; pad to whole records like tarfile
         end += -(self._hash.size + end) % RECORD
         self._hash.write(bytes(end))
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._file.close()
         final = self._final_path()
-        os.replace(self._tmp_path(), final)
+        self._stack.close()  # closes the file, then renames it to `final`
         self.shards.append(ShardInfo(final.name, self._count, self._hash.size, self._hash.sha.hexdigest()))
-        self._file = self._hash = None
+        self._stack = self._file = self._hash = None
 
     def close(self) -> tuple[ShardInfo, ...]:
         """Finish the shard in progress (if any) and return all shards written."""
@@ -205,12 +206,12 @@ class ShardWriter:
             self._finish()
         return tuple(self.shards)
 
-    def abort(self) -> None:
+    def abort(self, exc: BaseException | None = None) -> None:
         """Drop the shard in progress (its temporary file is deleted)."""
-        if self._file is not None:
-            self._file.close()
-            self._tmp_path().unlink(missing_ok=True)
-        self._file = self._hash = None
+        if self._stack is not None:
+            err = exc if exc is not None else RuntimeError("shard writing aborted")
+            self._stack.__exit__(type(err), err, err.__traceback__)  # atomic_file removes the temp file
+        self._stack = self._file = self._hash = None
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -219,7 +220,7 @@ class ShardWriter:
         if exc_type is None:
             self.close()
         else:
-            self.abort()
+            self.abort(exc)
 
 
 def _ustar_header(name: str, size: int) -> bytes:

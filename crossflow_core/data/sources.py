@@ -136,9 +136,10 @@ class _Pair:
 class FolderSource:
     """A folder of images + captions (see the module docstring for the accepted layouts)."""
 
-    def __init__(self, root: Path, image_size: int, workers: int = 4) -> None:
+    def __init__(self, root: Path, image_size: int, workers: int = 4, require_captions: bool = True) -> None:
         self.root = Path(os.path.abspath(Path(root).expanduser()))
         self.image_size = image_size
+        self.require_captions = require_captions
         self.workers = workers
         if not self.root.is_dir():
             raise CrossflowError(f"source folder {self.root} does not exist or is not a folder: "
@@ -147,6 +148,9 @@ class FolderSource:
         self.examples: dict[str, list[str]] = {}
         self.layouts: Counter[str] = Counter()
         self.pairs = self._scan()
+        if not self.pairs and not require_captions:
+            raise CrossflowError(f"no image in {self.root}: expected files ending in "
+                                 f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
         if not self.pairs:
             raise CrossflowError(f"no usable image + caption pair in {self.root}: "
                                  f"accepted layouts are {LAYOUTS}")
@@ -190,6 +194,10 @@ class FolderSource:
             entries = listed.get(image)
             if entries is None:
                 sidecar = sidecars.get(image.with_suffix(""))
+                if sidecar is None and not self.require_captions:  # a task that reads no text
+                    self.layouts["no_caption"] += 1
+                    pairs.append(_Pair(image, self._rel(image), "", "no_caption"))
+                    continue
                 if sidecar is None:
                     self._skip("image_without_caption", self._rel(image))
                     continue
@@ -197,6 +205,10 @@ class FolderSource:
                 entries = [(self._read_text(sidecar), "sidecar_txt")]
             for caption, origin in entries:
                 caption = clean_caption(caption)
+                if not caption and not self.require_captions:
+                    self.layouts[origin] += 1
+                    pairs.append(_Pair(image, self._rel(image), "", origin))
+                    continue
                 if not caption:
                     self._skip("empty_caption", self._rel(image))
                     continue
@@ -288,15 +300,16 @@ class FolderSource:
             return exc
 
 
-def build_source(data: DataConfig, source_dir: Path | None = None) -> ShapesSource | FolderSource:
-    """The source a recipe's ``data`` section names; ``source_dir`` forces a folder source."""
+def build_source(data: DataConfig, source_dir: Path | None = None,
+                 require_captions: bool = True) -> ShapesSource | FolderSource:
+    """The source a recipe's ``data`` section names; ``source_dir`` forces a folder source.
+    Without `require_captions` (a task that reads no text) a folder's images need no captions."""
     if source_dir is not None:
-        return FolderSource(Path(source_dir), data.image_size)
+        return FolderSource(Path(source_dir), data.image_size, require_captions=require_captions)
     if data.source == "folder":
         if not data.path:
-            raise CrossflowError("data.source=folder needs a folder: "
-                                 "pass --from FOLDER or set data.path=FOLDER")
-        return FolderSource(Path(data.path), data.image_size)
+            raise CrossflowError("data.source=folder needs a folder: set data.path=FOLDER")
+        return FolderSource(Path(data.path), data.image_size, require_captions=require_captions)
     return ShapesSource(data.image_size, data.num_samples, data.seed)
 
 

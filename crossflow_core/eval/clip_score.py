@@ -26,6 +26,10 @@ import torch
 from crossflow_core.errors import CrossflowError, MissingResourceError
 
 
+class ClipModelMissing(MissingResourceError):
+    """The CLIP model is neither a loadable folder nor a hub id in the cache (or reachable)."""
+
+
 @dataclass(frozen=True)
 class ClipScores:
     """Per-pair cosines [N] between image and prompt embeddings, with their summaries."""
@@ -60,7 +64,7 @@ class ClipModel:
 def load_clip(name_or_dir: str | Path, device: str | None = None) -> ClipModel:
     """Load `CLIPModel` + `CLIPProcessor` from a local folder or a hub id (cache first, then hub).
 
-    Raises MissingResourceError (one line) when neither works, e.g. offline with an empty cache.
+    Raises ClipModelMissing (one line) when neither works, e.g. offline with an empty cache.
     """
     from transformers import CLIPModel, CLIPProcessor
     from transformers.utils import logging as hf_logging
@@ -83,8 +87,8 @@ def load_clip(name_or_dir: str | Path, device: str | None = None) -> ClipModel:
                 last = exc
         else:
             reason = str(last).strip().splitlines()[0][:160] if last else "unknown error"
-            raise MissingResourceError(
-                f"cannot load CLIP model {source!r} ({type(last).__name__}: {reason}); pass --clip a local "
+            raise ClipModelMissing(
+                f"cannot load CLIP model {source!r} ({type(last).__name__}: {reason}); use a local "
                 "folder saved with save_pretrained, or a hub id such as openai/clip-vit-base-patch32 "
                 "once it is downloaded to the Hugging Face cache"
             )

@@ -9,23 +9,17 @@ predict, from its 128-d penultimate layer: which colour-shape pairs are present 
 the object count (1-4), which quadrants hold an object centre (4 binary) and the mean object
 size. Its features therefore move with colour, shape, count, layout and size.
 
-    python -m crossflow_core.eval.fd_shapes --train     # retrains and rewrites the asset
+    crossflow eval weights fd-shapes     # retrains and rewrites the asset (fd_shapes_train.py)
 
-Training is seeded and deterministic on the CPU for a given torch build, CPU type and thread
-count (bytes may differ elsewhere; the file's sha256 goes into every result). The JSON sidecar
-`assets/fd_shapes_cnn.json` records the exact command, held-out accuracy and reference distances.
+Training (`crossflow_core.eval.fd_shapes_train`) is seeded and deterministic on the CPU for a
+given torch build, CPU type and thread count (bytes may differ elsewhere; the file's sha256 goes
+into every result). The JSON sidecar `assets/fd_shapes_cnn.json` records the exact command,
+held-out accuracy and reference distances.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import hashlib
-import json
-import math
-import os
-import platform
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from crossflow_core.data.shapes import COLOURS, QUADRANTS, SHAPES, Scene, ShapesWorld, quadrant
+from crossflow_core.atomic import file_sha256
+from crossflow_core.data.shapes import COLOURS, QUADRANTS, SHAPES, Scene, ShapesWorld, render
 from crossflow_core.errors import CrossflowError, MissingResourceError
-from crossflow_core.eval.generate import to_uint8
 from crossflow_core.eval.report import MetricResult, git_commit
+from crossflow_core.image_files import to_uint8
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 WEIGHTS_PATH = ASSET_DIR / "fd_shapes_cnn.safetensors"
@@ -84,20 +79,12 @@ class FeatureNet:
     path: Path
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_feature_net(path: str | Path | None = None) -> FeatureNet:
     """Load the shipped (or given) weights; float16 on disk, float32 in memory, eval mode."""
     path = Path(path) if path is not None else WEIGHTS_PATH
     if not path.is_file():
         raise MissingResourceError(
-            f"FD-shapes weights {path} not found; run `python -m crossflow_core.eval.fd_shapes --train`"
+            f"FD-shapes weights {path} not found; retrain them with `crossflow eval weights fd-shapes`"
         )
     net = ShapesFeatureNet()
     net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
@@ -198,71 +185,7 @@ def fd_shapes_result(
     return MetricResult("fd_shapes", value, len(images_a), info, model=model, git_commit=git_commit())
 
 
-# ---------------------------------------------------------------- training (reproducible)
-
-
-def attribute_targets(scene: Scene, image_size: int) -> np.ndarray:
-    """The head targets [N_OUTPUTS] of one scene (see the module docstring)."""
-    t = np.zeros(N_OUTPUTS, np.float32)
-    for o in scene.objects:
-        t[_PAIRS.index((o.colour, o.shape))] = 1.0
-        t[_N_PAIRS + _N_COUNT + QUADRANTS.index(quadrant(o, image_size))] = 1.0
-    t[_N_PAIRS + len(scene.objects) - 1] = 1.0
-    mean_size = float(np.mean([o.size for o in scene.objects])) / image_size
-    t[-1] = (mean_size - _SIZE_MEAN) / _SIZE_STD
-    return t
-
-
-def _dataset(split: str, n: int, seed: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs [n, 3, 32, 32] and targets [n, N_OUTPUTS]; every 4th sample rendered at 64 px."""
-    worlds = {s: ShapesWorld(image_size=s, seed=seed) for s in (32, 64)}
-    xs, ts = [], []
-    for i in range(start, start + n):
-        size = 64 if i % 4 == 3 else 32
-        sample = worlds[size].sample(i, split)
-        xs.append(prepare(sample.image[None]))
-        ts.append(attribute_targets(sample.scene, size))
-    return torch.cat(xs), torch.from_numpy(np.stack(ts))
-
-
-_MIRROR_QUAD = [
-    QUADRANTS.index(q.replace("left", "@").replace("right", "left").replace("@", "right")) for q in QUADRANTS
-]
-
-
-def hflip(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mirror the rows `mask` [N] of inputs [N, 3, H, W] left-right and their quadrant targets.
-
-    Mirroring puts every colour-shape pair into its held-out quadrant now and then, so the
-    features know those scenes although the training split never contains them."""
-    q0 = _N_PAIRS + _N_COUNT
-    mirrored_t = t.clone()
-    mirrored_t[:, q0 : q0 + _N_QUAD] = t[:, [q0 + k for k in _MIRROR_QUAD]]
-    m = mask.view(-1, 1)
-    return torch.where(m.view(-1, 1, 1, 1), x.flip(-1), x), torch.where(m, mirrored_t, t)
-
-
-def _loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    p, c, q = _N_PAIRS, _N_PAIRS + _N_COUNT, _N_PAIRS + _N_COUNT + _N_QUAD
-    return (
-        F.binary_cross_entropy_with_logits(out[:, :p], t[:, :p])
-        + F.cross_entropy(out[:, p:c], t[:, p:c].argmax(1))
-        + F.binary_cross_entropy_with_logits(out[:, c:q], t[:, c:q])
-        + 0.5 * F.mse_loss(out[:, -1], t[:, -1])
-    )
-
-
-@torch.inference_mode()
-def head_accuracy(net: ShapesFeatureNet, x: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
-    """Held-out quality: exact match of pairs / quadrants, count accuracy, size error (fraction)."""
-    out = net(x)
-    p, c, q = _N_PAIRS, _N_PAIRS + _N_COUNT, _N_PAIRS + _N_COUNT + _N_QUAD
-    return {
-        "pairs_exact": float(((out[:, :p] > 0) == (t[:, :p] > 0.5)).all(1).float().mean()),
-        "count": float((out[:, p:c].argmax(1) == t[:, p:c].argmax(1)).float().mean()),
-        "quadrants_exact": float(((out[:, c:q] > 0) == (t[:, c:q] > 0.5)).all(1).float().mean()),
-        "size_mae": float((out[:, -1] - t[:, -1]).abs().mean() * _SIZE_STD),
-    }
+# ---------------------------------------------------------------- reference distortions
 
 
 def colour_shifted(images: np.ndarray) -> np.ndarray:
@@ -274,8 +197,6 @@ def size_shifted(
     split: str, n: int, factor: float = 0.6, image_size: int = INPUT_SIZE, seed: int = 0
 ) -> np.ndarray:
     """Renders of the same scenes with every object scaled by `factor` about its centre."""
-    from crossflow_core.data.shapes import render
-
     world = ShapesWorld(image_size=image_size, seed=seed)
     out = []
     for i in range(n):
@@ -283,124 +204,3 @@ def size_shifted(
         smaller = tuple(dataclasses.replace(o, size=o.size * factor) for o in scene.objects)
         out.append(render(Scene(smaller), image_size))
     return np.stack(out)
-
-
-def reference_distances(fnet: FeatureNet, n: int = 2000, seed: int = 0) -> dict[str, float]:
-    """FD-shapes of train renders (n) against: other train renders, the test split, the same
-    images, 64 px renders of other train samples, colour-shifted and size-shifted renders."""
-    a = world_images("train", n, seed=seed)
-    fa = extract_features(fnet, a)
-    pairs = {
-        "train_vs_train_disjoint": world_images("train", n, seed=seed, start=n),
-        "train_vs_test": world_images("test", n, seed=seed),
-        "train_vs_train64_disjoint": world_images("train", n, image_size=64, seed=seed, start=n),
-        "train_vs_colour_shifted": colour_shifted(a),
-        "train_vs_size_shifted": size_shifted("train", n, seed=seed),
-    }
-    out = {"train_vs_itself": frechet_distance(fa, fa)}
-    out.update({k: frechet_distance(fa, extract_features(fnet, v)) for k, v in pairs.items()})
-    return out
-
-
-def train(
-    out: Path = WEIGHTS_PATH,
-    n_train: int = 24000,
-    epochs: int = 20,
-    seed: int = 0,
-    device: str = "cpu",
-    n_eval: int = 2000,
-) -> dict:
-    """Train the feature network on `train`-split renders and write weights + sidecar JSON.
-
-    Seeded: on the CPU the bytes repeat (same torch build, CPU type and threads); `main` turns on
-    deterministic algorithms for CUDA."""
-    torch.manual_seed(seed)
-    started = time.time()
-    x, t = _dataset("train", n_train, seed)
-    xv, tv = _dataset("test", n_eval, seed)
-    x, t = x.to(device), t.to(device)
-    net = ShapesFeatureNet().to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    batch, steps_per_epoch = 128, math.ceil(n_train / 128)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * steps_per_epoch)
-    g = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        net.train()
-        perm = torch.randperm(n_train, generator=g)
-        total = 0.0
-        for s in range(steps_per_epoch):
-            idx = perm[s * batch : (s + 1) * batch].to(device)
-            flip = (torch.rand(len(idx), generator=g) < 0.5).to(device)
-            xb, tb = hflip(x[idx], t[idx], flip)
-            loss = _loss(net(xb), tb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        net.eval()
-        held = head_accuracy(net, xv.to(device), tv.to(device))
-        seen = head_accuracy(net, x[:n_eval], t[:n_eval])
-        print(f"epoch {epoch + 1}/{epochs}: loss {total / n_train:.4f} test {held} train {seen}", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    state = {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
-    # one metadata key: safetensors writes several in hash order, which changes the bytes
-    save_file(state, str(tmp), metadata={"network": f"{NETWORK_NAME} seed={seed}"})
-    os.replace(tmp, out)
-    fnet = load_feature_net(out)
-    info = {
-        "network": NETWORK_NAME,
-        "sha256": fnet.sha256,
-        "parameters": sum(p.numel() for p in net.parameters()),
-        "train": {
-            "split": "train",
-            "n": n_train,
-            "epochs": epochs,
-            "seed": seed,
-            "batch": batch,
-            "lr": 2e-3,
-            "device": torch.device(device).type,
-            "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
-            "command": f"python -m crossflow_core.eval.fd_shapes --train --n-train {n_train} "
-            f"--epochs {epochs} --seed {seed} --device {torch.device(device).type} "
-            f"--threads {torch.get_num_threads()}",
-        },
-        "augmentation": "horizontal flip, p=0.5",
-        "held_out_test_split": head_accuracy(fnet.net, xv, tv),
-        f"train_split_first_{n_eval}": head_accuracy(fnet.net, x[:n_eval].cpu(), t[:n_eval].cpu()),
-        f"reference_fd_shapes_n{n_eval}": reference_distances(fnet, n_eval, seed),
-        "seconds": round(time.time() - started, 1),
-        "torch": torch.__version__,
-    }
-    sidecar = out.with_suffix(".json")
-    sidecar.write_text(json.dumps(info, indent=2) + "\n")
-    return info
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the FD-shapes feature network (CPU, minutes).")
-    parser.add_argument("--train", action="store_true", help="train and write the weights asset")
-    parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
-    parser.add_argument("--n-train", type=int, default=24000)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (bytes reproduce per device type)")
-    parser.add_argument(
-        "--threads", type=int, default=2, help="torch CPU threads (fixed for reproducibility)"
-    )
-    args = parser.parse_args(argv)
-    if not args.train:
-        parser.error("nothing to do; pass --train")
-    torch.set_num_threads(args.threads)
-    if torch.device(args.device).type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True)
-    info = train(args.out, args.n_train, args.epochs, args.seed, args.device)
-    print(json.dumps(info, indent=2))
-
-
-if __name__ == "__main__":
-    main()

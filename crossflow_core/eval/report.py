@@ -6,12 +6,15 @@ Every metric command returns a list of `MetricResult`. The CLI prints them as a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from crossflow_core.atomic import write_text
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,19 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def stamp(
+    results: Sequence[MetricResult], model: str | None, extra: Mapping[str, Any] | None = None
+) -> list[MetricResult]:
+    """Results with the model (when given), the git commit and `extra` settings added."""
+    commit = git_commit()
+    return [
+        dataclasses.replace(
+            r, model=model or r.model, git_commit=commit, settings={**r.settings, **(extra or {})}
+        )
+        for r in results
+    ]
+
+
 def results_to_json(results: list[MetricResult]) -> str:
     """Results as a JSON document: {"results": [...]}."""
     return json.dumps({"results": [r.to_dict() for r in results]}, indent=2, sort_keys=False)
@@ -51,9 +67,4 @@ def results_to_json(results: list[MetricResult]) -> str:
 
 def write_results(results: list[MetricResult], path: str | Path) -> Path:
     """Write results atomically (temp file, then rename) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(results_to_json(results) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, results_to_json(results) + "\n")

@@ -6,7 +6,8 @@ from typing import Any
 
 
 class TrainCallbacks:
-    """No-op base; the CLI overrides these to drive a progress bar."""
+    """No-op base; the CLI overrides these to drive a progress bar. In a multi-process run the
+    loop calls them on the main process only."""
 
     def on_start(self, start_step: int, total_steps: int) -> None:
         """Called once; start_step > 0 when resuming."""

@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from crossflow_core.atomic import atomic_dir
+
 STATE_FILE = "state.json"
 
 
@@ -69,27 +71,25 @@ class Checkpointer:
 
     def save(self, step: int, groups: dict[str, dict[str, Tensor]], state: dict[str, Any]) -> Path:
         """Write the tensor groups and the JSON state as `step_<step>` atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"step_{step:08d}"
-        tmp = self.root / f".tmp-step_{step:08d}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        for name, tensors in groups.items():
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / f"{name}.safetensors"
-            )
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        with atomic_dir(final) as tmp:
+            for name, tensors in groups.items():
+                save_file(
+                    {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                    tmp / f"{name}.safetensors",
+                )
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # last: marks the checkpoint whole
         self._prune()
         return final
 
     def _prune(self) -> None:
         for old in self.complete()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
-        for stale in self.root.glob(".tmp-step_*"):
+        for stale in [
+            *self.root.glob(".step_*.tmp-*"),
+            *self.root.glob(".step_*.old-*"),
+            *self.root.glob(".tmp-step_*"),
+        ]:  # atomic_dir's leftovers (and older releases')
             if not str(stale).endswith(f"-{os.getpid()}"):
                 shutil.rmtree(stale, ignore_errors=True)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from crossflow_core.atomic import write_text
 from crossflow_core.errors import CrossflowError
 from crossflow_core.recipe import Recipe, RecipeError, from_dict
 from crossflow_core.train.checkpoint import Checkpointer
@@ -53,25 +53,42 @@ def check_run_recipe(run_dir: Path, recipe: Recipe) -> None:
             if old.get(key) != new.get(key):
                 raise CrossflowError(
                     f"{run_dir} was trained with {key}={old.get(key)!r}, not {new.get(key)!r}: "
-                    f"use a new --out, or --set {key}={old.get(key)!r} to continue it"
+                    f"start a new run directory, or set {key}={old.get(key)!r} to continue it"
                 )
     elif not path.is_file() and run_dir.exists() and any(p.name != "checkpoints" for p in run_dir.iterdir()):
-        raise CrossflowError(f"{run_dir} exists and is not a crossflow run: choose a new --out")
+        raise CrossflowError(f"{run_dir} exists and is not a crossflow run: choose a new run directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{RUN_RECIPE}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(recipe.to_dict(), indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(recipe.to_dict(), indent=2))
 
 
 def check_data_matches(manifest: Any, recipe: Recipe, data_dir: Path) -> None:
-    """Precomputed text embeddings must come from the recipe's text encoder."""
-    used = getattr(manifest, "text_encoder", None) or {}
-    if not used or not manifest.has_text_tokens:
-        return
-    want = recipe.text_encoder
-    for key, value in (("name", want.name), ("max_length", want.max_length)):
-        if key in used and used[key] != value:
+    """A prepared dataset must hold what the recipe's codecs read, made by the same encoders."""
+    fields = tuple(getattr(manifest, "fields", ()))
+    source = recipe.source
+    if source.kind == "text":
+        if "tokens.npy" not in fields and "txt" not in fields:
+            raise CrossflowError(f"{data_dir} holds no captions (no txt field), but the recipe's source is "
+                                 "text: "
+                                 "prepare it with a text-to-image recipe from images with captions")
+        used = getattr(manifest, "text_encoder", None) or {}
+        if "tokens.npy" in fields:
+            for key, value in (("name", source.encoder), ("max_length", source.max_length)):
+                if key in used and used[key] != value:
+                    name = "encoder" if key == "name" else key
+                    raise CrossflowError(
+                        f"{data_dir} holds text embeddings from source.{name}={used[key]!r} but the recipe "
+                        f"says {value!r}: set source.{name}={used[key]!r}, or prepare the data again")
+    elif "txt" in fields and not ("png" in fields or "latent.npy" in fields):
+        raise CrossflowError(f"{data_dir} holds no images, but source.kind={source.kind} needs them")
+    stored = (manifest.extra or {}).get("source") if hasattr(manifest, "extra") else None
+    if "source.npy" in fields and isinstance(stored, dict):
+        if stored.get("kind") != source.kind or stored.get("factor") != getattr(source, "factor", None):
             raise CrossflowError(
-                f"{data_dir} holds text embeddings from text_encoder.{key}={used[key]!r} but the recipe "
-                f"says {value!r}: --set text_encoder.{key}={used[key]!r}, or prepare the data again"
-            )
+                f"{data_dir} holds sources made as {stored.get('kind')} x{stored.get('factor')}, but "
+                f"the recipe says {source.kind} x{getattr(source, 'factor', None)}: "
+                "prepare the data again for this recipe")
+    latent = getattr(manifest, "latent", None) or {}
+    if getattr(manifest, "has_latents", False) and latent.get("kind") != recipe.target.kind:
+        raise CrossflowError(f"{data_dir} stores {latent.get('kind')} latents but the recipe's "
+                             "target.kind is "
+                             f"{recipe.target.kind}: prepare the data again for this recipe")

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.utils import save_image
 
-from crossflow_core.encoders.latents import LatentSpace
-from crossflow_core.encoders.text import TextEncoder
-from crossflow_core.recipe import Recipe
-from crossflow_core.sample import SampleSettings, sample_latents, seeded_noise
+from crossflow_core.atomic import atomic_file
+from crossflow_core.codecs import SourceBatch, TargetCodec
+from crossflow_core.image_files import save_grid
+from crossflow_core.recipe import SampleConfig
+from crossflow_core.sample import sample_latents, seeded_noise
 
 COLUMNS = ["step", "phase", "total", "fm", "enc", "kl", "lr", "grad_norm"]
 
@@ -25,18 +24,14 @@ class RunLogger:
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.csv_path = self.run_dir / "log.csv"
         self._tb: Any = None
-        self._text_encoder: TextEncoder | None = None
-        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if not enabled:
             return
         rows = self._read() if self.csv_path.is_file() else []
         kept = [r for r in rows if int(r["step"]) <= resume_step]
-        tmp = self.csv_path.with_name(f".log.csv.tmp-{os.getpid()}")
-        with tmp.open("w", newline="") as f:
+        with atomic_file(self.csv_path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(kept)
-        os.replace(tmp, self.csv_path)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -83,41 +78,24 @@ class RunLogger:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         out = self.run_dir / "loss.png"
-        tmp = out.with_name(f".loss.tmp-{os.getpid()}.png")
-        fig.savefig(tmp, dpi=100)
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
-        os.replace(tmp, out)
         return out
 
-    def _embed(self, recipe: Recipe, prompts: list[str], device: torch.device):
-        key = "\n".join(prompts)
-        if key not in self._prompt_cache:
-            if self._text_encoder is None:
-                self._text_encoder = TextEncoder.from_config(recipe.text_encoder, device=device)
-            emb = self._text_encoder.encode(prompts)
-            self._prompt_cache[key] = (emb.tokens.to(device), emb.mask.to(device))
-        return self._prompt_cache[key]
-
     @torch.inference_mode()
-    def sample_grid(
-        self, step: int, system: Any, latent_space: LatentSpace, recipe: Recipe, prompts: list[str]
-    ):
-        """Sample `prompts` with fixed seeds and the EMA weights into RUN/samples/step_<step>.png."""
+    def sample_grid(self, step: int, system: Any, source: SourceBatch, target: TargetCodec,
+                    settings: SampleConfig) -> Path:
+        """Sample the fixed grid sources with seeds 0.. and the EMA weights into
+        RUN/samples/step_<step>.png."""
         device = next(system.parameters()).device
-        tokens, mask = self._embed(recipe, prompts, device)
-        noise = seeded_noise(system.shapes.latent_shape, list(range(len(prompts)))).to(device)
-        z0 = system.ve(tokens, mask, noise=noise).z0
-        settings = SampleSettings(
-            steps=recipe.sample.steps, solver=recipe.sample.solver, cfg_scale=recipe.sample.cfg_scale
-        )
-        images = ((latent_space.decode(sample_latents(system.flow, z0, settings)) + 1) / 2).clamp(0, 1)
-        out_dir = self.run_dir / "samples"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"step_{step:08d}.png"
-        tmp = out_dir / f".tmp-{os.getpid()}.png"
-        save_image(images.float().cpu(), tmp, nrow=min(8, len(prompts)), padding=1)
-        os.replace(tmp, path)
-        (out_dir / "prompts.txt").write_text("\n".join(prompts) + "\n")
+        source = source.to(device)
+        shape = system.ve.noise_shape(source)
+        noise = None if shape is None else seeded_noise(shape, list(range(len(source)))).to(device)
+        enc = system.ve(source, noise=noise)
+        images = target.decode(sample_latents(system.flow, enc.z0, settings, enc.cond))
+        path = self.run_dir / "samples" / f"step_{step:08d}.png"
+        save_grid(images.float().cpu(), path, nrow=min(8, len(source)))
         self.plot()
         return path
 

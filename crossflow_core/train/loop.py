@@ -1,41 +1,44 @@
-"""The training loop: accelerate, AdamW + warm-up, EMA, checkpoints, resume, export.
+"""The training loop: accelerate, AdamW + warm-up (+ cosine), EMA, checkpoints, resume, export.
 
-It calls one step (`system(batch, phase)`) and knows no flow maths. Everything needed to
-resume (weights, EMA, optimizer, LR schedule, data position, RNG) is checkpointed; running
-the same command again continues from the latest checkpoint, and on CPU a resumed run
-reaches bit-identical weights to an uninterrupted one (tests/test_resume.py).
+It calls one step (`system(batch, phase)`) and knows no flow maths and no task: the recipe's
+codecs read their fields of the prepared shards and build the batches. Everything needed to
+resume is one `TrainState`; running the same command again continues from the latest
+checkpoint, and on CPU a resumed run reaches bit-identical weights to an uninterrupted one.
+
+With several processes (torchrun / accelerate launch) `train.batch_size` is the global batch of
+one optimizer step: each process takes an equal slice, split into `train.grad_accum`
+micro-batches; the LR, EMA and step counter move once per optimizer step. Every process calls
+every collective (gradient all-reduce, loss mean, RNG gather); only the main process writes
+checkpoints, logs, sample grids and the export, and only it calls the callbacks.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, set_seed
 from diffusers.training_utils import EMAModel
 
-from crossflow_core.data.arrays import load_training_arrays
-from crossflow_core.encoders.latents import build_latent_space
-from crossflow_core.encoders.text import TextEncoder
+from crossflow_core.codecs import SourceCodec, TargetCodec, build_codecs
+from crossflow_core.data.arrays import TrainingArrays, load_training_arrays
+from crossflow_core.data.manifest import Manifest
 from crossflow_core.errors import CrossflowError
-from crossflow_core.export import ExportedConfig, save_exported
+from crossflow_core.export import ModelIndex, save_exported
 from crossflow_core.recipe import Recipe
+from crossflow_core.recipe_sections import TrainConfig
 from crossflow_core.train.batches import BatchMaker, EpochSampler
 from crossflow_core.train.callbacks import TrainCallbacks
-from crossflow_core.train.checkpoint import (
-    Checkpointer,
-    flatten_optimizer_state,
-    restore_rng,
-    rng_tensors,
-    unflatten_optimizer_state,
-)
+from crossflow_core.train.checkpoint import Checkpointer
 from crossflow_core.train.compat import check_data_matches, check_run_recipe
 from crossflow_core.train.logging import RunLogger
-from crossflow_core.train.system import CrossFlowSystem, Phase, SystemShapes
+from crossflow_core.train.state import TrainState, gather_rng
+from crossflow_core.train.system import CrossFlowSystem, Phase
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,20 @@ class TrainResult:
     model_dir: Path
     step: int
     resumed_from: int | None
-    losses: dict[str, float]
+    losses: dict[str, float]  # the last step's loss terms, means over micro-batches and processes
     wall_time_s: float
+    main_process: bool = True  # False on the other processes of a multi-process run (they print nothing)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A prepared dataset read for a recipe: its codecs, the fields they need, the shapes."""
+
+    source: SourceCodec
+    target: TargetCodec
+    arrays: TrainingArrays
+    spec: dict
+    latent_shape: tuple[int, int, int]
 
 
 def phase_at(recipe: Recipe, step: int) -> Phase:
@@ -60,162 +75,237 @@ def phase_at(recipe: Recipe, step: int) -> Phase:
     return "flow"  # stage == "separate" after VE pretraining
 
 
-def lr_factor(warmup: int):
-    """Linear warm-up to 1, then constant (so adding steps never changes the past)."""
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+def lr_factor(warmup: int, schedule: str = "constant", steps: int = 0, min_ratio: float = 0.0):
+    """The LR multiplier of 0-based optimizer step s: linear warm-up (s + 1) / warmup up to 1, then
+    "constant" (so adding steps never changes the past) or "cosine": from 1 at s = warmup down
+    to `min_ratio` at s = steps, min_ratio + (1 - min_ratio) * (1 + cos(pi * progress)) / 2."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LambdaLR:
+    """`train.lr_schedule` as a LambdaLR (its state_dict is the step count: resumable)."""
+    tc = recipe.train
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(tc.warmup_steps, tc.lr_schedule, tc.steps, tc.min_lr / tc.lr)
+    )
+
+
+def load_task_data(recipe: Recipe, data_dir: Path, device: torch.device) -> TaskData:
+    """The recipe's codecs and the shard fields they read (only those) of `data_dir`."""
+    manifest = Manifest.load(data_dir)
+    check_data_matches(manifest, recipe, data_dir)
+    stored = tuple(manifest.fields)
+    token_dim = manifest.text_embedding_shape[1] if manifest.text_embedding_shape else None
+    source, target = build_codecs(recipe.source, recipe.target, device=device, token_dim=token_dim)
+    fields = tuple(dict.fromkeys(source.train_fields(stored) + target.train_fields(stored)))
+    arrays = load_training_arrays(data_dir, fields)
+    latent_shape = target.latent_shape(int(manifest.image_size))
+    return TaskData(source, target, arrays, source.spec(), latent_shape)
+
+
+def _optimizer(system: torch.nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+    tc = recipe.train
+    fused = device.type in ("cpu", "cuda")  # one kernel for all parameters (CPU: 6 ms vs 22 ms per update)
+    return torch.optim.AdamW(
+        system.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=fused
+    )
+
+
+def _accelerator(tc: TrainConfig) -> Accelerator:
+    """An `Accelerator`; accelerate keeps one process-wide state, so a second run in the same
+    process with another `train.mixed_precision` resets that state instead of failing."""
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=tc.stage != "joint")
+    # train.grad_accum, explicitly: accelerate's config/env must not change the micro-batch count
+    accum = GradientAccumulationPlugin(num_steps=tc.grad_accum, sync_with_dataloader=False)
+    kwargs = dict(
+        mixed_precision=tc.mixed_precision, gradient_accumulation_plugin=accum, kwargs_handlers=[ddp]
+    )
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as exc:
+        if "already been initialized" not in str(exc):
+            raise
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()  # the distributed setup (PartialState) is kept
+        return Accelerator(**kwargs)
+
+
+TERMS = ("total", "fm", "enc", "kl")
+
+
+@dataclass
+class _Run:
+    """The pieces of one run on this process. `model` is the plain system (what checkpoints,
+    EMA and export read); `wrapped` is what accelerate prepared (DDP with several processes)."""
+
+    recipe: Recipe
+    accelerator: Accelerator
+    data: TaskData
+    model: CrossFlowSystem
+    wrapped: torch.nn.Module
+    optimizer: Any  # accelerate's wrapper: steps only when the gradients are synced
+    scheduler: torch.optim.lr_scheduler.LambdaLR  # not prepared: accelerate would step it once per process
+    ema: EMAModel
+    sampler: EpochSampler
+    state: TrainState
+    checkpointer: Checkpointer
+    make_batch: BatchMaker
+
+
+def _build(recipe: Recipe, data_dir: Path, run_dir: Path) -> _Run:
+    tc = recipe.train
+    accelerator = _accelerator(tc)
+    with accelerator.main_process_first():  # the main process records the recipe before the others read it
+        check_run_recipe(run_dir, recipe)
+    device = accelerator.device
+    set_seed(tc.seed, device_specific=True)
+    data = load_task_data(recipe, data_dir, device)
+    model = CrossFlowSystem.from_recipe(recipe, data.spec, data.latent_shape)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise CrossflowError("the recipe's networks have no parameters to train")
+    optimizer = _optimizer(model, recipe, device)
+    scheduler = make_scheduler(optimizer, recipe)
+    sampler = EpochSampler(
+        len(data.arrays), tc.batch_size, tc.seed, accelerator.process_index, accelerator.num_processes,
+        tc.grad_accum,
+    )
+    wrapped, prepared = accelerator.prepare(model, optimizer)  # DDP broadcasts the main process's weights
+    ema = EMAModel(model.parameters(), decay=tc.ema_decay)  # after the broadcast: one start on every rank
+    state = TrainState(model, optimizer, scheduler, ema, sampler, recipe.to_dict())
+    checkpointer = Checkpointer(run_dir, tc.checkpoint_every, tc.keep_checkpoints)
+    make_batch = BatchMaker(data.arrays, data.source, data.target, device)
+    return _Run(recipe, accelerator, data, model, wrapped, prepared, scheduler, ema, sampler, state,
+                checkpointer, make_batch)
+
+
+def _resume(run: _Run, run_dir: Path) -> int | None:
+    """Load the latest checkpoint (every process, each its own RNG); its step, or None."""
+    latest = run.checkpointer.latest()
+    if latest is None:
+        return None
+    step = run.state.load_state_dict(*Checkpointer.load(latest), run.accelerator.process_index)
+    steps = run.recipe.train.steps
+    if step > steps:
+        raise CrossflowError(
+            f"{run_dir} is already at step {step}, beyond train.steps={steps}: "
+            "raise train.steps to continue, or start a new run directory"
+        )
+    return step
+
+
+def _save(run: _Run, step: int) -> None:
+    """A checkpoint of `step`: a collective call (every process sends its RNG), the main one writes."""
+    rngs = gather_rng(run.accelerator.num_processes)
+    if run.accelerator.is_main_process:
+        run.checkpointer.save(step, *run.state.state_dict(step, rngs))
+    run.accelerator.wait_for_everyone()
+
+
+def _ema_system(run: _Run) -> CrossFlowSystem:
+    """A copy of the system holding the EMA weights (no collective: the main process alone may call it)."""
+    copy = CrossFlowSystem.from_recipe(run.recipe, run.data.spec, run.data.latent_shape)
+    copy = copy.to(run.accelerator.device)
+    copy.load_state_dict(run.model.state_dict())
+    run.ema.copy_to(copy.parameters())
+    return copy.eval()
+
+
+def _train_step(run: _Run, step: int) -> dict[str, Any]:
+    """Optimizer step `step` (0-based) over `train.grad_accum` micro-batches of this process's part of
+    the global batch; returns its log row (loss terms averaged over micro-batches and processes)."""
+    acc, tc = run.accelerator, run.recipe.train
+    phase = phase_at(run.recipe, step)
+    terms, grad_norm = [], None
+    for idx in run.sampler.next_micro_batches():
+        with acc.accumulate(run.wrapped):  # no gradient all-reduce until the last micro-batch
+            with acc.autocast():
+                out = run.wrapped(run.make_batch(idx), phase)
+            acc.backward(out.total)  # divided by train.grad_accum
+            terms.append(torch.stack([getattr(out, k) for k in TERMS]).detach().float())
+            if tc.grad_clip is not None and acc.sync_gradients:
+                grad_norm = acc.clip_grad_norm_(run.wrapped.parameters(), tc.grad_clip)
+            run.optimizer.step()  # skipped by accelerate before the last micro-batch
+            run.optimizer.zero_grad(set_to_none=True)
+    assert acc.sync_gradients, "micro-batches and accelerate's accumulation count disagree"
+    run.scheduler.step()
+    run.ema.step(run.model.parameters())
+    values = acc.reduce(torch.stack(terms).mean(0), "mean").cpu().tolist()  # collective: all ranks agree
+    losses = dict(zip(TERMS, values))
+    if not all(map(math.isfinite, values)):
+        raise CrossflowError(
+            f"loss became {losses['total']} at step {step + 1}: lower train.lr or set train.grad_clip"
+        )
+    row = {"step": step + 1, "phase": phase, **losses, "lr": run.scheduler.get_last_lr()[0]}
+    if grad_norm is not None:
+        row["grad_norm"] = float(grad_norm)
+    return row
+
+
+def _export(run: _Run, model_dir: Path) -> None:
+    data = run.data
+    index = ModelIndex(
+        recipe=run.recipe,
+        step=run.recipe.train.steps,
+        image_size=int(data.arrays.manifest.image_size),
+        latent_shape=data.latent_shape,
+        source={"kind": data.source.kind, "spec": data.spec, "identity": data.source.identity()},
+        target={"kind": data.target.kind, "identity": data.target.identity()},
+    )
+    final = _ema_system(run)
+    save_exported(model_dir, index, {"ve": final.ve, "flow": final.flow})
 
 
 def train(
     recipe: Recipe, data_dir: Path, run_dir: Path, callbacks: TrainCallbacks | None = None
 ) -> TrainResult:
-    """Train (or resume) `recipe` on the prepared dataset `data_dir`, exporting RUN/model."""
-    cb = callbacks or TrainCallbacks()
+    """Train (or resume) `recipe` on the prepared dataset `data_dir`, exporting RUN/model.
+
+    Under a multi-process launch every process calls this; `callbacks` fire on the main one only.
+    """
     tc = recipe.train
     run_dir, data_dir = Path(run_dir), Path(data_dir)
-    check_run_recipe(run_dir, recipe)
-    arrays = load_training_arrays(data_dir)
-    check_data_matches(arrays.manifest, recipe, data_dir)
-
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=tc.stage != "joint")
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=[ddp])
-    device = accelerator.device
-    set_seed(tc.seed, device_specific=True)
-
-    image_size = int(arrays.manifest.image_size)
-    latent_space = build_latent_space(recipe.latents, device=device)
-    need_text = arrays.text_tokens is None
-    text_encoder = TextEncoder.from_config(recipe.text_encoder, device=device) if need_text else None
-    if arrays.text_tokens is not None:
-        num_tokens, token_dim = int(arrays.text_tokens.shape[1]), int(arrays.text_tokens.shape[2])
-    else:
-        assert text_encoder is not None
-        num_tokens, token_dim = recipe.text_encoder.max_length, text_encoder.dim
-    shapes = SystemShapes(tuple(latent_space.latent_shape(image_size)), num_tokens, token_dim)
-
-    system = CrossFlowSystem(recipe.ve, recipe.model, recipe.flow, shapes)
-    fused = device.type in ("cpu", "cuda")  # one kernel for all parameters (CPU: 6 ms vs 22 ms per update)
-    optimizer = torch.optim.AdamW(
-        system.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=fused
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(tc.warmup_steps))
-    ema = EMAModel(system.parameters(), decay=tc.ema_decay)
-    sampler = EpochSampler(
-        len(arrays.captions), tc.batch_size, tc.seed, accelerator.process_index, accelerator.num_processes
-    )
-    make_batch = BatchMaker(arrays, latent_space, text_encoder, device)
-    checkpointer = Checkpointer(run_dir, tc.checkpoint_every, tc.keep_checkpoints)
-    names = [n for n, _ in system.named_parameters()]
-
-    start_step, resumed_from = 0, None
-    latest = checkpointer.latest()
-    if latest is not None:
-        groups, state = Checkpointer.load(latest)
-        system.load_state_dict(groups["model"])
-        optimizer.load_state_dict(unflatten_optimizer_state(groups["optimizer"], state["optimizer"]))
-        scheduler.load_state_dict(state["scheduler"])
-        ema.load_state_dict({**state["ema"], "shadow_params": [groups["ema"][n] for n in names]})
-        sampler.load_state_dict(state["sampler"])
-        rng = groups.get(f"rng_rank{accelerator.process_index}")
-        if rng is not None:
-            restore_rng(rng)
-        start_step = resumed_from = int(state["step"])
-        if start_step > tc.steps:
-            raise CrossflowError(
-                f"{run_dir} is already at step {start_step}, beyond train.steps={tc.steps}: "
-                f"raise train.steps to continue, or use a new --out"
-            )
-
-    system, optimizer, scheduler = accelerator.prepare(system, optimizer, scheduler)
-    ema.to(device)
-    logger = RunLogger(run_dir, enabled=accelerator.is_main_process, resume_step=start_step)
-    grid_prompts = list(recipe.sample.prompts)
-
-    def save(step: int) -> None:
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            return
-        unwrapped = accelerator.unwrap_model(system)
-        opt_tensors, opt_rest = flatten_optimizer_state(optimizer.state_dict())
-        ema_state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
-        groups = {
-            "model": unwrapped.state_dict(),
-            "ema": dict(zip(names, ema.shadow_params)),
-            "optimizer": opt_tensors,
-            f"rng_rank{accelerator.process_index}": rng_tensors(),
-        }
-        state = {
-            "step": step,
-            "optimizer": opt_rest,
-            "scheduler": scheduler.state_dict(),
-            "ema": ema_state,
-            "sampler": sampler.state_dict(),
-            "recipe": recipe.to_dict(),
-        }
-        checkpointer.save(step, groups, json.loads(json.dumps(state, default=float)))
-
-    def ema_modules() -> CrossFlowSystem:
-        copy = CrossFlowSystem(recipe.ve, recipe.model, recipe.flow, shapes).to(device)
-        copy.load_state_dict(accelerator.unwrap_model(system).state_dict())
-        ema.copy_to(copy.parameters())
-        return copy.eval()
+    run = _build(recipe, data_dir, run_dir)
+    acc, main = run.accelerator, run.accelerator.is_main_process
+    cb = (callbacks or TrainCallbacks()) if main else TrainCallbacks()
+    resumed_from = _resume(run, run_dir)
+    start_step = resumed_from or 0
+    run.ema.to(acc.device)
+    logger = RunLogger(run_dir, enabled=main, resume_step=start_step)
+    data = run.data
+    sampling = tc.sample_every > 0 and main  # the other processes load no sampling inputs (e.g. an LM)
+    grid = data.source.grid(recipe.sample.prompts, data.arrays, acc.device) if sampling else None
 
     t_start = time.time()
     cb.on_start(start_step, tc.steps)
     losses: dict[str, float] = {}
-    system.train()
+    run.wrapped.train()
     for step in range(start_step, tc.steps):
-        phase = phase_at(recipe, step)
-        batch = make_batch(sampler.next_indices())
-        with accelerator.autocast():
-            out = system(batch, phase)
-        accelerator.backward(out.total)
-        grad_norm = None
-        if tc.grad_clip is not None and accelerator.sync_gradients:
-            grad_norm = float(accelerator.clip_grad_norm_(system.parameters(), tc.grad_clip))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(accelerator.unwrap_model(system).parameters())
-        done = step + 1
-        losses = out.as_floats()
-        if not all(map(torch.isfinite, map(torch.tensor, losses.values()))):
-            raise CrossflowError(
-                f"loss became {losses['total']} at step {done}: lower train.lr or enable train.grad_clip"
-            )
-        row = {"step": done, "phase": phase, **losses, "lr": scheduler.get_last_lr()[0]}
-        if grad_norm is not None:
-            row["grad_norm"] = grad_norm
+        row = _train_step(run, step)
+        done, losses = step + 1, {k: row[k] for k in TERMS}
         if done % tc.log_every == 0 or done == tc.steps:
             logger.log(row)
         cb.on_step(done, tc.steps, row)
-        if (
-            tc.sample_every > 0
-            and grid_prompts
-            and done % tc.sample_every == 0
-            and accelerator.is_main_process
-        ):
-            logger.sample_grid(done, ema_modules(), latent_space, recipe, grid_prompts)
-            system.train()
-        if checkpointer.due(done, final=done == tc.steps):
-            save(done)
-    if start_step == tc.steps and checkpointer.latest() is None:
-        save(tc.steps)
+        if grid is not None and done % tc.sample_every == 0:
+            logger.sample_grid(done, _ema_system(run), grid, data.target, recipe.sample)
+        if run.checkpointer.due(done, final=done == tc.steps):
+            _save(run, done)
+    if start_step == tc.steps and run.checkpointer.latest() is None:
+        _save(run, tc.steps)
 
     model_dir = run_dir / "model"
-    if accelerator.is_main_process:
-        final = ema_modules()
-        weights = {f"ve.{k}": v for k, v in final.ve.state_dict().items()}
-        weights.update({f"flow.{k}": v for k, v in final.flow.state_dict().items()})
-        config = ExportedConfig(
-            recipe=recipe,
-            shapes=shapes,
-            image_size=image_size,
-            text_encoder=dict(arrays.manifest.text_encoder or {}),
-            latent_space=latent_space.identity(),
-            step=tc.steps,
-        )
-        save_exported(model_dir, config, weights)
+    if main:
+        _export(run, model_dir)
         logger.close()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(run_dir, model_dir, tc.steps, resumed_from, losses, time.time() - t_start)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return TrainResult(run_dir, model_dir, tc.steps, resumed_from, losses, time.time() - t_start, main)
