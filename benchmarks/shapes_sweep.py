@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from crossflow_core.codecs import SourceBatch
 from crossflow_core.data.shapes import COLOURS, SHAPES, PromptSpec, Requirement, ShapesWorld
 from crossflow_core.eval.shapes_checker import score
 from crossflow_core.recipe import load_recipe
 from crossflow_core.sample import SampleSettings, sample_latents, seeded_noise
-from crossflow_core.train.system import Batch, CrossFlowSystem, SystemShapes
+from crossflow_core.train.system import Batch, CrossFlowSystem
 
 SINGLE = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
 
@@ -43,7 +44,7 @@ def write_captions(path: Path, num_samples: int) -> None:
 
     world = ShapesWorld(32, 0)
     caps = sorted({world.sample(i).caption for i in range(num_samples)} | set(SINGLE))
-    emb = TextEncoder.from_config(load_recipe("shapes").text_encoder).encode(caps)
+    emb = TextEncoder.from_config(load_recipe("shapes").source).encode(caps)
     save_file({"tokens": emb.tokens.half(), "mask": emb.mask.to(torch.uint8)}, path)
     path.with_suffix(".json").write_text(json.dumps(caps))
 
@@ -58,12 +59,12 @@ def evaluate(
     ]
     ids = torch.tensor([index[s.prompt] for s in specs]).repeat(seeds)
     tokens, mask = table["tokens"][ids].float().to(device), table["mask"][ids].bool().to(device)
-    noise = seeded_noise(system.shapes.latent_shape, list(range(len(ids)))).to(device)
+    noise = seeded_noise(system.ve.latent_shape, list(range(len(ids)))).to(device)
     out = {}
     with torch.inference_mode():
-        z0 = system.ve(tokens, mask, noise=noise).z0
+        z0 = system.ve(SourceBatch(tokens, mask), noise=noise).z0
         for scale in cfg_scales:
-            x = sample_latents(system.flow, z0, SampleSettings(steps=steps, cfg_scale=scale))
+            x = sample_latents(system.flow, z0, SampleSettings(steps=steps, cfg_scale=float(scale)))
             imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
             ok = [score(imgs[i], specs[i % len(specs)]).correct for i in range(len(ids))]
             out[f"cfg{scale}"] = float(np.mean(ok))
@@ -80,8 +81,8 @@ def run(config: dict, table, index, images, cap_ids, device) -> dict:
     torch.manual_seed(0)
     recipe = load_recipe("shapes", config["set"])
     tc = recipe.train
-    shapes = SystemShapes((3, 32, 32), table["tokens"].shape[1], table["tokens"].shape[2])
-    system = CrossFlowSystem(recipe.ve, recipe.model, recipe.flow, shapes).to(device)
+    spec = {"num_tokens": table["tokens"].shape[1], "token_dim": table["tokens"].shape[2]}
+    system = CrossFlowSystem.from_recipe(recipe, spec, (3, 32, 32)).to(device)
     opt = torch.optim.AdamW(system.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
     ema = copy.deepcopy(system).eval()
@@ -99,9 +100,8 @@ def run(config: dict, table, index, images, cap_ids, device) -> dict:
         idx = torch.randint(0, images.shape[0], (tc.batch_size,), generator=gen)
         ids = cap_ids[idx]
         batch = Batch(
+            SourceBatch(table["tokens"][ids].to(device).float(), table["mask"][ids].to(device).bool()),
             images[idx].to(device).float() / 127.5 - 1,
-            table["tokens"][ids].to(device).float(),
-            table["mask"][ids].to(device).bool(),
         )
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = system(batch, "joint")

@@ -25,24 +25,24 @@ HERE = Path(__file__).resolve().parent
 def child(data: Path, bf16: bool, warm: int, steps: int) -> dict:
     import torch
 
+    from crossflow_core.codecs import SourceBatch
     from crossflow_core.data.arrays import load_training_arrays
     from crossflow_core.recipe import load_recipe
-    from crossflow_core.train.system import Batch, CrossFlowSystem, SystemShapes
+    from crossflow_core.train.system import Batch, CrossFlowSystem
 
-    arrays = load_training_arrays(data)
+    arrays = load_training_arrays(data, ("png", "tokens.npy", "mask.npy"))
+    images, tokens, masks = arrays["png"], arrays["tokens.npy"], arrays["mask.npy"]
     recipe = load_recipe("shapes")
     tc = recipe.train
     torch.manual_seed(0)
-    shapes = SystemShapes((3, 32, 32), arrays.text_tokens.shape[1], arrays.text_tokens.shape[2])
-    system = CrossFlowSystem(recipe.ve, recipe.model, recipe.flow, shapes)
+    spec = {"num_tokens": tokens.shape[1], "token_dim": tokens.shape[2]}
+    system = CrossFlowSystem.from_recipe(recipe, spec, (3, 32, 32))
     opt = torch.optim.AdamW(system.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(0)
     times = []
     for step in range(warm + steps):
-        idx = torch.randint(0, arrays.images.shape[0], (tc.batch_size,), generator=gen)
-        batch = Batch(
-            arrays.images[idx].float() / 127.5 - 1, arrays.text_tokens[idx].float(), arrays.text_mask[idx]
-        )
+        idx = torch.randint(0, images.shape[0], (tc.batch_size,), generator=gen)
+        batch = Batch(SourceBatch(tokens[idx].float(), masks[idx]), images[idx].float() / 127.5 - 1)
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = system(batch)
