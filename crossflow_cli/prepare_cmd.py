@@ -74,10 +74,14 @@ def prepare_command(
         f"({elapsed:.1f} s, {manifest.num_samples / max(elapsed, 1e-9):.0f} samples/s)"
     )
     console.print(f"  skipped: {skipped}")
-    console.print(
-        f"  text embeddings: {list(text) if text else 'not precomputed'}"
-        + (f" ({manifest.text_encoder['name']})" if manifest.text_encoder else "")
-    )
+    if manifest.extra.get("source", {}).get("kind") != "upsampled":  # a text source
+        console.print(
+            f"  text embeddings: {list(text) if text else 'not precomputed'}"
+            + (f" ({manifest.text_encoder['name']})" if manifest.text_encoder else "")
+        )
+    else:
+        stored = "source.npy stored" if "source.npy" in manifest.fields else "made from the png at train time"
+        console.print(f"  sources: upsampled x{manifest.extra['source']['factor']}, {stored}")
     latent = list(manifest.latent_shape)
     console.print(
         f"  latents: {manifest.latent['kind']} {latent}" + (" stored" if manifest.has_latents else "")
