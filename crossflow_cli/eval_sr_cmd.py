@@ -71,6 +71,11 @@ def eval_sr_command(
     if json_out:
         typer.echo(results_to_json(results))
         return
+    print_table(results, outputs, references, fid, out)
+
+
+def print_table(results, outputs: Path, references: Path, fid: bool, out: Path | None) -> None:
+    """PSNR / SSIM (mean ± std), FID / KID, and how they were computed."""
     values = {r.metric: r.value for r in results}
 
     def pm(metric: str, digits: int) -> str:

@@ -67,6 +67,11 @@ def prepare_command(
         except OutputExistsError as exc:
             raise CrossflowError(f"{exc} (pass --overwrite to replace it)") from None
     elapsed = time.perf_counter() - start
+    print_summary(manifest, out, elapsed)
+
+
+def print_summary(manifest, out: Path, elapsed: float) -> None:
+    """What was prepared: counts, speed, skipped files, the features stored."""
     skipped = ", ".join(f"{k}={v}" for k, v in manifest.skipped.items()) or "none"
     text = manifest.text_embedding_shape
     console.print(
