@@ -298,3 +298,15 @@ def test_prompts_to_an_sr_model_are_refused_in_one_line(sr_run):
         res.exit_code == 2 and "source upsampled" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     )
     assert not (sr_run.parent / "never").exists()
+
+
+def test_a_text_recipe_refuses_a_dataset_without_captions(tiny_overrides, tmp_path):
+    from crossflow_core.data.prepare import prepare_dataset
+
+    rng = np.random.default_rng(4)
+    for i in range(10):
+        save_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), tmp_path / "pics" / f"{i}.png")
+    r = recipe("data.image_size=32")
+    prepare_dataset(r.data, r.source, r.target, tmp_path / "data", source_dir=tmp_path / "pics")  # no captions
+    with pytest.raises(CrossflowError, match="has no captions"):
+        train(load_recipe("shapes", [*tiny_overrides, "train.steps=1"]), tmp_path / "data", tmp_path / "run")

@@ -67,9 +67,17 @@ def check_data_matches(manifest: Any, recipe: Recipe, data_dir: Path) -> None:
     source = recipe.source
     if source.kind == "text":
         if "tokens.npy" not in fields and "txt" not in fields:
-            raise CrossflowError(f"{data_dir} holds no captions (no txt field), but the recipe's source is "
-                                 "text: "
-                                 "prepare it with a text-to-image recipe from images with captions")
+            raise CrossflowError(
+                f"{data_dir} holds no captions (no txt field), but the recipe's source is "
+                "text: "
+                "prepare it with a text-to-image recipe from images with captions"
+            )
+        captions = getattr(manifest, "captions", None)
+        if "tokens.npy" not in fields and captions is not None and captions.max_words == 0:
+            raise CrossflowError(
+                f"{data_dir} has no captions (it was prepared for a task that reads no text), "
+                "but the recipe's source is text: prepare images with captions"
+            )
         used = getattr(manifest, "text_encoder", None) or {}
         if "tokens.npy" in fields:
             for key, value in (("name", source.encoder), ("max_length", source.max_length)):
@@ -77,7 +85,8 @@ def check_data_matches(manifest: Any, recipe: Recipe, data_dir: Path) -> None:
                     name = "encoder" if key == "name" else key
                     raise CrossflowError(
                         f"{data_dir} holds text embeddings from source.{name}={used[key]!r} but the recipe "
-                        f"says {value!r}: set source.{name}={used[key]!r}, or prepare the data again")
+                        f"says {value!r}: set source.{name}={used[key]!r}, or prepare the data again"
+                    )
     elif "txt" in fields and not ("png" in fields or "latent.npy" in fields):
         raise CrossflowError(f"{data_dir} holds no images, but source.kind={source.kind} needs them")
     stored = (manifest.extra or {}).get("source") if hasattr(manifest, "extra") else None
@@ -86,9 +95,12 @@ def check_data_matches(manifest: Any, recipe: Recipe, data_dir: Path) -> None:
             raise CrossflowError(
                 f"{data_dir} holds sources made as {stored.get('kind')} x{stored.get('factor')}, but "
                 f"the recipe says {source.kind} x{getattr(source, 'factor', None)}: "
-                "prepare the data again for this recipe")
+                "prepare the data again for this recipe"
+            )
     latent = getattr(manifest, "latent", None) or {}
     if getattr(manifest, "has_latents", False) and latent.get("kind") != recipe.target.kind:
-        raise CrossflowError(f"{data_dir} stores {latent.get('kind')} latents but the recipe's "
-                             "target.kind is "
-                             f"{recipe.target.kind}: prepare the data again for this recipe")
+        raise CrossflowError(
+            f"{data_dir} stores {latent.get('kind')} latents but the recipe's "
+            "target.kind is "
+            f"{recipe.target.kind}: prepare the data again for this recipe"
+        )
