@@ -38,6 +38,8 @@ def prepare_command(
     data = r.data
     if source is not None:
         data = dataclasses.replace(data, source="folder", path=str(source))
+    elif data.source == "folder" and not data.path:
+        raise CrossflowError(f"recipe {r.name} reads a folder of images: pass --from FOLDER")
     device = "cuda" if _cuda_available() else "cpu"
     start = time.perf_counter()
     with Progress(

@@ -310,3 +310,8 @@ def test_a_text_recipe_refuses_a_dataset_without_captions(tiny_overrides, tmp_pa
     prepare_dataset(r.data, r.source, r.target, tmp_path / "data", source_dir=tmp_path / "pics")  # no captions
     with pytest.raises(CrossflowError, match="has no captions"):
         train(load_recipe("shapes", [*tiny_overrides, "train.steps=1"]), tmp_path / "data", tmp_path / "run")
+
+
+def test_prepare_a_folder_recipe_without_a_folder_names_the_flag(tmp_path):
+    res = invoke("prepare", "--recipe", "sr", "--out", str(tmp_path / "d"))
+    assert res.exit_code == 2 and "pass --from FOLDER" in res.stderr and not (tmp_path / "d").exists()
