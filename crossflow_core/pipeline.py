@@ -48,7 +48,8 @@ class CrossFlowPipeline:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         recipe, spec = exported.index.recipe, exported.index.source.get("spec", {})
         source, target = build_codecs(
-            recipe.source, recipe.target, device=dev, token_dim=spec.get("token_dim")
+            recipe.source, recipe.target, device=dev, token_dim=spec.get("token_dim"),
+            image_size=exported.index.image_size,
         )
         return cls(exported.index, source, exported.ve.to(dev), exported.flow.to(dev), target, dev)
 

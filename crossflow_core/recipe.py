@@ -25,6 +25,7 @@ from crossflow_core.recipe_sections import (  # noqa: F401 - the schema, re-expo
     TASKS,
     DataConfig,
     FlowConfig,
+    ImageSourceConfig,
     ModelConfig,
     PixelTargetConfig,
     Recipe,
@@ -192,7 +193,9 @@ def _fill_preset(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-_IMAGE_SOURCES = ("upsampled",)
+_IMAGE_SOURCES = ("upsampled", "image")
+TEXT_VE_OBJECTIVES = ("image_text_contrastive", "text_text_contrastive", "text_reconstruction")
+IMAGE_VE_OBJECTIVES = ("image_reconstruction", "target_contrastive")
 
 
 def _check_pair(recipe: Recipe) -> None:
@@ -208,7 +211,22 @@ def _check_pair(recipe: Recipe) -> None:
             f"ve.kind={ve.kind} needs an image source, not source.kind={source.kind!r}: "
             "use ve.kind=text for a text source"
         )
-    if ve.kind != "text" and train.stage != "joint":
+    if ve.kind == "image" and source.kind != "image":
+        raise RecipeError(
+            f"ve.kind=image needs source.kind=image, not {source.kind!r}: "
+            "use ve.kind=identity or noise_concat for an upsampled source"
+        )
+    if source.kind == "image" and ve.kind != "image":
+        raise RecipeError(
+            f"source.kind=image needs ve.kind=image (its shape is not the target's), not {ve.kind!r}"
+        )
+    for kind, allowed in (("text", TEXT_VE_OBJECTIVES), ("image", IMAGE_VE_OBJECTIVES)):
+        if ve.kind == kind and ve.objective not in allowed:
+            raise RecipeError(
+                f"ve.objective={ve.objective} is not an objective of the {kind} VE: "
+                f"choose one of {', '.join(allowed)}"
+            )
+    if ve.kind not in ("text", "image") and train.stage != "joint":
         raise RecipeError(
             f"train.stage={train.stage} pretrains a VE, but ve.kind={ve.kind} has none "
             "to pretrain: use train.stage=joint"

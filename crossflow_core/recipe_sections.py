@@ -44,7 +44,19 @@ class UpsampledSourceConfig:
     factor: int = 2  # high-res side / low-res side
 
 
-SourceConfig = TextSourceConfig | UpsampledSourceConfig
+@dataclass(frozen=True)
+class ImageSourceConfig:
+    """Source kind "image" (captioning, depth): the image itself, in pixels ([-1, 1]) or in the
+    latent space of a frozen diffusers AutoencoderKL; an image VE maps it to the target's shape."""
+
+    kind: Literal["image"] = "image"
+    space: Literal["pixels", "vae"] = "pixels"
+    vae: str | None = None  # space vae: hub id, "org/repo/subfolder" or a local directory
+    scale_factor: float | None = None  # None: the VAE config's own scaling_factor
+    shift_factor: float | None = None  # None: the VAE config's own shift_factor (or 0)
+
+
+SourceConfig = TextSourceConfig | UpsampledSourceConfig | ImageSourceConfig
 
 
 @dataclass(frozen=True)
@@ -75,18 +87,25 @@ class VEConfig:
     kind "identity": no VE, z0 is the source itself (its shape already is the target's: SR).
     kind "noise_concat": the standard flow-matching baseline, z0 ~ N(0, I) and the source
     concatenated to the velocity network's input as conditioning (not CrossFlow).
+    kind "image": the Image VE (an image [C, H, W] -> mu, log sigma^2 of the target's shape, a
+    convolutional network; `width` = its base channels, `depth` = residual blocks per level)
+    with objective image_reconstruction (decode z0 back to the image) or target_contrastive.
     """
 
-    kind: Literal["text", "identity", "noise_concat"] = "text"
+    kind: Literal["text", "identity", "noise_concat", "image"] = "text"
     width: int = 128
     depth: int = 2
     heads: int = 4
     ffn: int = 256
     dropout: float = 0.1
     reduce_layers: int = 2  # each halves the token width before flattening
-    objective: Literal["image_text_contrastive", "text_text_contrastive", "text_reconstruction"] = (
-        "image_text_contrastive"
-    )
+    objective: Literal[
+        "image_text_contrastive",
+        "text_text_contrastive",
+        "text_reconstruction",
+        "image_reconstruction",
+        "target_contrastive",
+    ] = "image_text_contrastive"
     enc_weight: float = 1.0  # weight of L_enc
     kl_weight: float = 0.01  # lambda of the KL term
     kl: Literal["standard", "official"] = "official"
@@ -197,6 +216,8 @@ class TaskPreset:
 TASKS: dict[str, TaskPreset] = {
     "t2i": TaskPreset(source="text", target="pixels", ve="text"),
     "sr": TaskPreset(source="upsampled", target="pixels", ve="identity"),
+    "caption": TaskPreset(source="image", target="text_ae", ve="image"),
+    "depth": TaskPreset(source="image", target="depth", ve="image"),
 }
 
 
@@ -209,7 +230,7 @@ class Recipe:
     """
 
     name: str = "custom"
-    task: Literal["t2i", "sr"] = "t2i"
+    task: Literal["t2i", "sr", "caption", "depth"] = "t2i"
     data: DataConfig = field(default_factory=DataConfig)
     source: SourceConfig = field(default_factory=TextSourceConfig)
     target: TargetConfig = field(default_factory=PixelTargetConfig)

@@ -2,6 +2,8 @@
 
 - "text": `TextVariationalEncoder` (crossflow_core/ve.py), LM tokens -> N(mu, sigma^2).
 - "identity": no VE; z0 is the source itself, whose shape already is the target's (SR).
+- "image": `ImageVariationalEncoder` (crossflow_core/image_ve.py), an image -> N(mu, sigma^2)
+  in the target's latent shape (captioning, depth).
 - "noise_concat": the standard flow-matching baseline, not CrossFlow: z0 ~ N(0, I) and the
   source goes to the velocity network as concatenated input channels (`cond`).
 
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from crossflow_core.codecs.base import SourceBatch
 from crossflow_core.errors import CrossflowError
+from crossflow_core.image_ve import ImageVariationalEncoder
 from crossflow_core.recipe import VEConfig
 from crossflow_core.ve import TextVariationalEncoder, VEOutput
 
@@ -57,6 +60,7 @@ class NoiseConcatEncoder(nn.Module):
 
 ENCODERS: dict[str, type[nn.Module]] = {
     "TextVariationalEncoder": TextVariationalEncoder,
+    "ImageVariationalEncoder": ImageVariationalEncoder,
     "IdentityEncoder": IdentityEncoder,
     "NoiseConcatEncoder": NoiseConcatEncoder,
 }
@@ -75,6 +79,10 @@ def build_ve(cfg: VEConfig, spec: dict, latent_shape: tuple[int, int, int]) -> n
             ffn=cfg.ffn,
             dropout=cfg.dropout,
             reduce_layers=cfg.reduce_layers,
+        )
+    if cfg.kind == "image":
+        return ImageVariationalEncoder(
+            spec["channels"], spec["size"], latent_shape, width=cfg.width, depth=cfg.depth
         )
     if cfg.kind == "identity":
         return IdentityEncoder()

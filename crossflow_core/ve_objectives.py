@@ -2,6 +2,8 @@
 
 - text_reconstruction: decode z0 back to the LM tokens (masked MSE).
 - text_text_contrastive: InfoNCE between z0 and the pooled LM tokens of the same caption.
+- image VEs (`ve.kind: image`, crossflow_core/image_ve.py): image_reconstruction, or
+  target_contrastive (the image-text contrastive module below, its tower over the target latent).
 - image_text_contrastive (default): InfoNCE between z0 and features of the paired image latent
   from an image tower trained jointly from scratch (the official code uses a randomly
   initialised SigLIP tower; here a small CNN), projected to the latent size.
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from crossflow_core.codecs.base import SourceBatch
+from crossflow_core.image_ve import ImageReconstruction
 from crossflow_core.losses import info_nce, text_reconstruction_loss
 from crossflow_core.recipe import VEConfig
 from crossflow_core.ve import VEOutput
@@ -93,6 +96,10 @@ class TextReconstruction(nn.Module):
 
 def build_objective(cfg: VEConfig, spec: dict, latent_shape: tuple[int, int, int]) -> nn.Module | None:
     """The `ve.objective` module of the recipe (None when the encoder has nothing to learn)."""
+    if cfg.kind == "image":
+        if cfg.objective == "image_reconstruction":
+            return ImageReconstruction(spec["channels"], latent_shape, cfg.width, cfg.depth)
+        return ImageTextContrastive(cfg, latent_shape)  # target_contrastive: a tower over the target
     if cfg.kind != "text":
         return None
     token_dim, num_tokens = spec["token_dim"], spec["num_tokens"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from crossflow_core.codecs.base import Codec, RawSample, SourceBatch, SourceCodec, TargetCodec
+from crossflow_core.codecs.image_source import ImageSource
 from crossflow_core.codecs.images import ImageTarget
 from crossflow_core.codecs.text import TextSource
 from crossflow_core.codecs.upsampled import UpsampledSource
@@ -29,7 +30,11 @@ def build_target(cfg: TargetConfig, device: torch.device | str = "cpu") -> Targe
 
 
 def build_source(
-    cfg: SourceConfig, target: TargetCodec, device: torch.device | str = "cpu", token_dim: int | None = None
+    cfg: SourceConfig,
+    target: TargetCodec,
+    device: torch.device | str = "cpu",
+    token_dim: int | None = None,
+    image_size: int | None = None,
 ) -> SourceCodec:
     """The source codec a recipe's `source` section names (image sources live in the target's space)."""
     if cfg.kind == "text":
@@ -37,6 +42,8 @@ def build_source(
     if cfg.kind == "upsampled":
         assert isinstance(target, ImageTarget)
         return UpsampledSource(cfg.factor, target)
+    if cfg.kind == "image":
+        return ImageSource(cfg, device=device, image_size=image_size)
     raise ValueError(f"unknown source kind {cfg.kind!r}")  # the recipe loader refuses it first
 
 
@@ -45,6 +52,8 @@ def build_codecs(
     target: TargetConfig,
     device: torch.device | str = "cpu",
     token_dim: int | None = None,
+    image_size: int | None = None,
 ) -> tuple[SourceCodec, TargetCodec]:
+    """`image_size`: side of the prepared samples (image sources describe their shape with it)."""
     t = build_target(target, device)
-    return build_source(source, t, device, token_dim), t
+    return build_source(source, t, device, token_dim, image_size), t

@@ -105,7 +105,9 @@ def load_task_data(recipe: Recipe, data_dir: Path, device: torch.device) -> Task
     check_data_matches(manifest, recipe, data_dir)
     stored = tuple(manifest.fields)
     token_dim = manifest.text_embedding_shape[1] if manifest.text_embedding_shape else None
-    source, target = build_codecs(recipe.source, recipe.target, device=device, token_dim=token_dim)
+    source, target = build_codecs(
+        recipe.source, recipe.target, device=device, token_dim=token_dim, image_size=int(manifest.image_size)
+    )
     fields = tuple(dict.fromkeys(source.train_fields(stored) + target.train_fields(stored)))
     arrays = load_training_arrays(data_dir, fields)
     latent_shape = target.latent_shape(int(manifest.image_size))
