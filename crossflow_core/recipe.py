@@ -286,6 +286,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.ema_decay", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("train.grad_clip", lambda v: v is None or v > 0, "must be > 0, or null to disable"),
     ("train.ve_steps", lambda v: v >= 0, _NON_NEGATIVE),
+    ("train.num_workers", lambda v: v >= 0, _NON_NEGATIVE),
     ("train.checkpoint_every", lambda v: v >= 0, _NON_NEGATIVE),
     ("train.keep_checkpoints", lambda v: v >= 1, _POSITIVE),
     ("train.sample_every", lambda v: v >= 0, _NON_NEGATIVE),

@@ -168,6 +168,10 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     stage: Literal["joint", "ve", "two_stage", "separate"] = "joint"
     ve_steps: int = 0  # two_stage / separate: steps of VE-only pretraining before the flow starts
+    # memory: every field the codecs read is loaded into RAM once (fastest for small datasets);
+    # stream: read from the shards per batch by `num_workers` DataLoader workers (flat memory)
+    loader: Literal["memory", "stream"] = "memory"
+    num_workers: int = 0  # stream: DataLoader worker processes (0 = read in the training process)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sample_every: int = 500  # 0 disables periodic sample grids

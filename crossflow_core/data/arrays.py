@@ -66,7 +66,7 @@ def load_training_arrays(
                 if i >= offsets[index + 1]:
                     raise ValueError("more samples than the manifest lists")
                 for name in wanted:
-                    columns[name][i] = _decode(name, files[name])
+                    columns[name][i] = decode_field(name, files[name])
                 i += 1
         except (KeyError, ValueError, OSError, tarfile.TarError) as exc:
             why = f"missing file {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
@@ -79,10 +79,11 @@ def load_training_arrays(
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(m.shards)))) as pool:
         list(pool.map(read, range(len(m.shards))))
-    return TrainingArrays({name: _stack(name, col) for name, col in columns.items()}, m)
+    return TrainingArrays({name: stack_field(name, col) for name, col in columns.items()}, m)
 
 
-def _decode(name: str, data: bytes) -> Any:
+def decode_field(name: str, data: bytes) -> Any:
+    """One stored file of a sample: png -> uint8 [H, W, 3], txt -> str, *.npy -> array."""
     if name == "png":
         return decode_png(data)
     if name == "txt":
@@ -92,7 +93,8 @@ def _decode(name: str, data: bytes) -> Any:
     return data
 
 
-def _stack(name: str, column: list[Any]) -> Any:
+def stack_field(name: str, column: list[Any]) -> Any:
+    """Decoded values of one field for N samples -> png uint8 [N, 3, H, W], npy [N, ...], else a list."""
     if name == "png":
         return torch.from_numpy(np.stack(column)).permute(0, 3, 1, 2).contiguous()
     if name.endswith(".npy"):

@@ -19,6 +19,8 @@ RESUMABLE_KEYS = {
     "train.keep_checkpoints",
     "train.sample_every",
     "train.log_every",
+    "train.loader",  # how batches are read, not which: a run may switch between memory and stream
+    "train.num_workers",
 }
 RUN_RECIPE = "recipe.json"
 

@@ -28,6 +28,7 @@ from diffusers.training_utils import EMAModel
 from crossflow_core.codecs import SourceCodec, TargetCodec, build_codecs
 from crossflow_core.data.arrays import TrainingArrays, load_training_arrays
 from crossflow_core.data.manifest import Manifest
+from crossflow_core.data.stream import StreamedArrays, open_streamed
 from crossflow_core.errors import CrossflowError
 from crossflow_core.export import ModelIndex, save_exported
 from crossflow_core.recipe import Recipe
@@ -38,6 +39,7 @@ from crossflow_core.train.checkpoint import Checkpointer
 from crossflow_core.train.compat import check_data_matches, check_run_recipe
 from crossflow_core.train.logging import RunLogger
 from crossflow_core.train.state import TrainState, gather_rng
+from crossflow_core.train.stream_batches import StreamBatchMaker
 from crossflow_core.train.system import CrossFlowSystem, Phase
 
 
@@ -58,7 +60,7 @@ class TaskData:
 
     source: SourceCodec
     target: TargetCodec
-    arrays: TrainingArrays
+    arrays: TrainingArrays | StreamedArrays
     spec: dict
     latent_shape: tuple[int, int, int]
 
@@ -109,7 +111,10 @@ def load_task_data(recipe: Recipe, data_dir: Path, device: torch.device) -> Task
         recipe.source, recipe.target, device=device, token_dim=token_dim, image_size=int(manifest.image_size)
     )
     fields = tuple(dict.fromkeys(source.train_fields(stored) + target.train_fields(stored)))
-    arrays = load_training_arrays(data_dir, fields)
+    if recipe.train.loader == "stream":
+        arrays: TrainingArrays | StreamedArrays = open_streamed(data_dir, fields)
+    else:
+        arrays = load_training_arrays(data_dir, fields)
     latent_shape = target.latent_shape(int(manifest.image_size))
     return TaskData(source, target, arrays, source.spec(), latent_shape)
 
@@ -161,7 +166,7 @@ class _Run:
     sampler: EpochSampler
     state: TrainState
     checkpointer: Checkpointer
-    make_batch: BatchMaker
+    make_batch: BatchMaker | StreamBatchMaker
 
 
 def _build(recipe: Recipe, data_dir: Path, run_dir: Path) -> _Run:
@@ -185,7 +190,12 @@ def _build(recipe: Recipe, data_dir: Path, run_dir: Path) -> _Run:
     ema = EMAModel(model.parameters(), decay=tc.ema_decay)  # after the broadcast: one start on every rank
     state = TrainState(model, optimizer, scheduler, ema, sampler, recipe.to_dict())
     checkpointer = Checkpointer(run_dir, tc.checkpoint_every, tc.keep_checkpoints)
-    make_batch = BatchMaker(data.arrays, data.source, data.target, device)
+    if isinstance(data.arrays, StreamedArrays):
+        make_batch: BatchMaker | StreamBatchMaker = StreamBatchMaker(
+            data.arrays, sampler, data.source, data.target, device, workers=tc.num_workers
+        )
+    else:
+        make_batch = BatchMaker(data.arrays, data.source, data.target, device)
     return _Run(recipe, accelerator, data, model, wrapped, prepared, scheduler, ema, sampler, state,
                 checkpointer, make_batch)
 
