@@ -74,6 +74,9 @@ class VAETargetConfig:
     vae: str | None = None  # hub id, "org/repo/subfolder" or a local directory
     scale_factor: float | None = None  # None: the VAE config's own scaling_factor
     shift_factor: float | None = None  # None: the VAE config's own shift_factor (or 0)
+    # training latents from stored moments: a fresh draw from q(z|x) every step (as the official
+    # code), or its mode; prepare stores the moments (moments.npy) so both stay possible
+    posterior: Literal["sample", "mode"] = "sample"
 
 
 TargetConfig = PixelTargetConfig | VAETargetConfig

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 import os
 from dataclasses import replace
@@ -194,11 +196,46 @@ def test_vae_latents_are_precomputed(tmp_path):
     data = replace(NO_TEXT, num_samples=40, image_size=16, precompute_target=True)
     m = prepare_mod.prepare_dataset(data, MINILM, lat, tmp_path / "out")
     assert m.has_latents and m.latent_shape == (4, 8, 8) and m.latent_scale == pytest.approx(0.7)
-    assert "latent.npy" in m.fields and m.latent["kind"] == "vae" and m.extra["target"] == m.latent
+    assert "moments.npy" in m.fields and m.latent["kind"] == "vae" and m.extra["target"] == m.latent
     a = load_training_arrays(tmp_path / "out")
-    want = build_latent_space(lat).encode(to_model_range(a["png"]))
-    assert a["latent.npy"].dtype == torch.float16 and a["latent.npy"].shape == (40, 4, 8, 8)
-    torch.testing.assert_close(a["latent.npy"].float(), want.half().float())
+    space = build_latent_space(lat)
+    dist = space.vae.encode(to_model_range(a["png"])).latent_dist
+    moments = a["moments.npy"]
+    assert moments.dtype == torch.float16 and moments.shape == (40, 8, 8, 8)
+    torch.testing.assert_close(moments[:, :4].float(), dist.mean.half().float())
+    torch.testing.assert_close(moments[:, 4:].float(), dist.logvar.half().float())
+    # the mode read back from the moments is the latent encode() gives, scaled
+    want = space.encode(to_model_range(a["png"]))
+    torch.testing.assert_close(space.from_moments(moments, sample=False), want, atol=2e-3, rtol=2e-3)
+
+
+def test_vae_posterior_draws_follow_the_stored_moments():
+    """from_moments(sample=True): mean + std * eps, scaled: over many draws the mean is the mode's
+    and the std is scale * exp(logvar / 2) (a wrong sign of the log-variance fails)."""
+    from crossflow_core.codecs.images import ImageTarget
+    from crossflow_core.encoders.latents import VAELatentSpace
+
+    class FakeVAE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.config = type("C", (), {"scaling_factor": 0.5, "shift_factor": 0.25, "latent_channels": 2,
+                                         "block_out_channels": (8, 8)})()
+
+    space = VAELatentSpace(FakeVAE(), name="fake")
+    mean = torch.tensor([1.0, -2.0]).view(1, 2, 1, 1).expand(20000, 2, 1, 1)
+    logvar = torch.tensor([0.0, math.log(4.0)]).view(1, 2, 1, 1).expand(20000, 2, 1, 1)
+    moments = torch.cat([mean, logvar], 1)
+    torch.manual_seed(0)
+    z = space.from_moments(moments, sample=True)
+    torch.testing.assert_close(z.mean(0).flatten(), (torch.tensor([1.0, -2.0]) - 0.25) * 0.5, atol=0.02, rtol=0)
+    torch.testing.assert_close(z.std(0).flatten(), torch.tensor([1.0, 2.0]) * 0.5, atol=0.02, rtol=0)
+    assert torch.equal(space.from_moments(moments, sample=False)[0].flatten(), (torch.tensor([1.0, -2.0]) - 0.25) * 0.5)
+    sampled, mode = ImageTarget(space, "sample"), ImageTarget(space, "mode")
+    fields = {"moments.npy": moments[:4].half()}
+    idx = torch.arange(4)
+    assert not torch.equal(sampled.from_fields(fields, idx, "cpu"), sampled.from_fields(fields, idx, "cpu"))
+    assert torch.equal(mode.from_fields(fields, idx, "cpu"), mode.from_fields(fields, idx, "cpu"))
 
 
 def test_cli_prepare(tmp_path):

@@ -272,14 +272,14 @@ def test_sr_in_vae_latent_space_precomputes_both_sides(tmp_path):
         "train.steps=2",
     )
     manifest = prepare_dataset(r.data, r.source, r.target, tmp_path / "data")
-    assert {"source.npy", "latent.npy"} <= set(manifest.fields)
+    assert {"source.npy", "moments.npy"} <= set(manifest.fields)
     assert manifest.extra["source"]["kind"] == "upsampled" and manifest.extra["feature_shapes"][
         "source.npy"
     ] == [4, 8, 8]
     source, target = build_codecs(r.source, r.target)
     assert source.train_fields(manifest.fields) + target.train_fields(manifest.fields) == (
         "source.npy",
-        "latent.npy",
+        "moments.npy",
     )
     arrays = load_training_arrays(tmp_path / "data", ("png",))
     hr = arrays["png"][:3]

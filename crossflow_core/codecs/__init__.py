@@ -26,7 +26,7 @@ __all__ = [
 
 def build_target(cfg: TargetConfig, device: torch.device | str = "cpu") -> TargetCodec:
     """The target codec a recipe's `target` section names."""
-    return ImageTarget(build_latent_space(cfg, device=device))
+    return ImageTarget(build_latent_space(cfg, device=device), posterior=getattr(cfg, "posterior", "mode"))
 
 
 def build_source(

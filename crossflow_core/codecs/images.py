@@ -1,7 +1,10 @@
 """Target codec "pixels" / "vae": RGB images <-> the latents the flow generates.
 
-Wraps a `LatentSpace` (pixels in [-1, 1], or a frozen diffusers AutoencoderKL). In training the
-latent comes from the stored `latent.npy` when `prepare` precomputed it, else from the PNG.
+Wraps a `LatentSpace` (pixels in [-1, 1], or a frozen diffusers AutoencoderKL). For a VAE,
+`prepare` stores the posterior's moments (`moments.npy`, float16 [2C, h, w]: mean, log-variance)
+and training draws a latent from them every step (`target.posterior: sample`, the official code's
+choice) or takes the mode; datasets prepared before moments were stored hold `latent.npy` (the
+mode). Without stored features the latent is encoded from the PNG.
 """
 
 from __future__ import annotations
@@ -18,33 +21,48 @@ from crossflow_core.errors import CrossflowError
 
 
 class ImageTarget(TargetCodec):
-    def __init__(self, space: LatentSpace) -> None:
-        self.space = space
+    """posterior "sample": a VAE latent is a fresh draw from q(z|x) (torch's global RNG); "mode": its mean."""
+
+    def __init__(self, space: LatentSpace, posterior: str = "mode") -> None:
+        self.space, self.posterior = space, posterior
         self.kind = space.identity()["kind"]
 
     def train_fields(self, stored: tuple[str, ...]) -> tuple[str, ...]:
-        return ("latent.npy",) if "latent.npy" in stored else ("png",)
+        for name in ("moments.npy", "latent.npy"):
+            if name in stored:
+                return (name,)
+        return ("png",)
 
     def precomputed_fields(self) -> tuple[str, ...]:
-        return () if self.kind == "pixels" else ("latent.npy",)
+        return () if self.kind == "pixels" else ("moments.npy",)
 
     def precompute(self, samples: list[RawSample]) -> dict[str, np.ndarray]:
         if self.kind == "pixels":  # the PNG is the latent
             return {}
-        return {"latent.npy": encode_float16(self.space, np.stack([s.image for s in samples]))}
+        images = np.stack([s.image for s in samples])
+        moments = np.concatenate(
+            [self.space.moments(to_model_range(images[i : i + 32])).cpu().numpy() for i in range(0, len(images), 32)]
+        ).astype(np.float16)
+        if not np.isfinite(moments).all():
+            raise CrossflowError("VAE moments overflow float16: check the VAE")
+        return {"moments.npy": moments}
 
     def latent_shape(self, size: int) -> tuple[int, int, int]:
         return tuple(self.space.latent_shape(size))  # type: ignore[return-value]
 
     def from_fields(self, fields: Any, idx: Tensor, device: torch.device) -> Tensor:
+        if "moments.npy" in fields:
+            moments = fields["moments.npy"][idx].to(device, torch.float32)
+            return self.space.from_moments(moments, sample=self.posterior == "sample")  # type: ignore[attr-defined]
         if "latent.npy" in fields:
             return fields["latent.npy"][idx].to(device, torch.float32)
-        return self.encode_images(fields["png"][idx], device)
+        return self.encode_images(fields["png"][idx], device, sample=self.posterior == "sample")
 
     @torch.no_grad()
-    def encode_images(self, images: Tensor | np.ndarray, device: torch.device) -> Tensor:
-        """uint8 images [B, 3, H, W] or [B, H, W, 3] -> latents [B, C, h, w] float32."""
-        return self.space.encode(to_model_range(images).to(device)).float()
+    def encode_images(self, images: Tensor | np.ndarray, device: torch.device, sample: bool = False) -> Tensor:
+        """uint8 images [B, 3, H, W] or [B, H, W, 3] -> latents [B, C, h, w] float32 (the mode, or a
+        posterior draw with `sample`)."""
+        return self.space.encode(to_model_range(images).to(device), sample=sample).float()
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

@@ -36,7 +36,7 @@ from crossflow_core.data.sources import SourceRecord, build_source, warn_skipped
 from crossflow_core.errors import CrossflowError, OutputExistsError
 from crossflow_core.recipe import DataConfig, SourceConfig, TargetConfig
 
-FEATURE_ORDER = ("tokens.npy", "mask.npy", "source.npy", "latent.npy")
+FEATURE_ORDER = ("tokens.npy", "mask.npy", "source.npy", "latent.npy", "moments.npy")
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def prepare_dataset(
             latent_shape=tuple(latent_shape),  # type: ignore[arg-type]
             latent_scale=float(getattr(getattr(target_codec, "space", None), "scale", 1.0)),
             latent_shift=float(getattr(getattr(target_codec, "space", None), "shift", 0.0)),
-            has_latents="latent.npy" in stored,
+            has_latents="moments.npy" in stored or "latent.npy" in stored,
             source=images.describe(),
             skipped=skipped,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

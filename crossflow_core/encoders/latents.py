@@ -109,6 +109,23 @@ class VAELatentSpace(LatentSpace):
         return ((z.float() - self.shift) * self.scale)
 
     @torch.inference_mode()
+    def moments(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [-1, 1] -> the posterior q(z|x) as [B, 2C, h, w]: its mean, then its
+        log-variance, in the VAE's own (unscaled) space, as diffusers' `latent_dist.parameters`."""
+        dist = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        return torch.cat([dist.mean, dist.logvar], dim=1).float()
+
+    def from_moments(self, moments: torch.Tensor, sample: bool) -> torch.Tensor:
+        """Stored moments [B, 2C, h, w] -> latents [B, C, h, w]: a draw mean + std * eps (eps from
+        torch's global RNG, which checkpoints save) or the mode (the mean), then scaled and shifted.
+        The log-variance is clamped to [-30, 20] as diffusers' DiagonalGaussianDistribution does."""
+        mean, logvar = moments.float().chunk(2, dim=1)
+        z = mean
+        if sample:
+            z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * torch.randn_like(mean)
+        return (z - self.shift) * self.scale
+
+    @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, C, h, w] -> images [B, 3, H, W] clamped to [-1, 1], float32."""
         z = latents.to(self.device, torch.float32) / self.scale + self.shift

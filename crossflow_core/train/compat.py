@@ -99,6 +99,13 @@ def check_data_matches(manifest: Any, recipe: Recipe, data_dir: Path) -> None:
                 f"the recipe says {source.kind} x{getattr(source, 'factor', None)}: "
                 "prepare the data again for this recipe"
             )
+    posterior = getattr(recipe.target, "posterior", None)
+    if posterior == "sample" and "latent.npy" in fields and "moments.npy" not in fields:
+        raise CrossflowError(
+            f"{data_dir} stores VAE latents (the posterior's mode), not its moments, but "
+            "target.posterior=sample draws from the posterior: set target.posterior=mode, or prepare "
+            "the data again (it now stores moments.npy)"
+        )
     latent = getattr(manifest, "latent", None) or {}
     if getattr(manifest, "has_latents", False) and latent.get("kind") != recipe.target.kind:
         raise CrossflowError(
