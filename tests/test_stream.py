@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 import pytest
 
@@ -91,3 +93,29 @@ def test_follow_sampler_starts_at_the_drawn_batch():
     assert all(torch.equal(next(follow)[0], d) for d in drawn)
     nxt = s.next_micro_batches()
     assert all(torch.equal(next(follow)[0], n) for n in nxt)
+
+
+def test_shards_written_by_other_tar_tools_are_indexed_too(tiny_data, tmp_path):
+    """A shard in pax format (what GNU tar / python's tarfile may write) reads the same."""
+    import io
+    import shutil
+    import tarfile
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    shard = sorted(copy.glob("shard-*.tar"))[0]
+    with tarfile.open(tiny_data / shard.name) as src:
+        members = [(m, src.extractfile(m).read()) for m in src if m.isfile()]
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as out:
+        for m, data in members:
+            info = tarfile.TarInfo(m.name)
+            info.size, info.pax_headers = len(data), {"comment": "x"}
+            out.addfile(info, io.BytesIO(data))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        if entry["name"] == shard.name:
+            entry["bytes"] = shard.stat().st_size
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    a, b = open_streamed(tiny_data, FIELDS), open_streamed(copy, FIELDS)
+    idx = torch.arange(len(a))
+    assert torch.equal(a["png"][idx], b["png"][idx]) and a["txt"][idx] == b["txt"][idx]

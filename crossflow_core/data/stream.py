@@ -23,6 +23,7 @@ from torch import Tensor
 
 from crossflow_core.data.arrays import decode_field, stack_field
 from crossflow_core.data.manifest import Manifest, not_prepared
+from crossflow_core.data.shards import BLOCK
 
 
 @dataclass(frozen=True)
@@ -72,23 +73,51 @@ def _sample_members(path: Path):
     """(key, {field: (data offset, size)}) per sample of a tar, reading headers only."""
     key: str | None = None
     members: dict[str, tuple[int, int]] = {}
+    for full, start, size in _member_spans(path):
+        base = full.rsplit("/", 1)[-1]
+        stem, dot, ext = base.partition(".")
+        if not dot:
+            continue
+        name = full[: len(full) - len(base)] + stem
+        if name != key and key is not None:
+            yield key, members
+            members = {}
+        key = name
+        members[ext] = (start, size)
+    if key is not None:
+        yield key, members
+
+
+def _member_spans(path: Path):
+    """(name, data offset, size) of each regular file of a tar: plain ustar headers (what
+    `prepare` writes) are walked with one 512-byte pread each; anything else goes to `tarfile`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end, pos, spans = os.fstat(fd).st_size, 0, []
+        while pos + BLOCK <= end:
+            header = os.pread(fd, BLOCK, pos)
+            if header == bytes(BLOCK):
+                yield from spans
+                return
+            if header[257:262] != b"ustar" or header[156:157] not in (b"0", b"\0"):
+                break  # pax / GNU / links: let tarfile read it
+            size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+            if int(header[148:156].rstrip(b"\0 "), 8) != sum(header[:148]) + 256 + sum(header[156:]):
+                raise tarfile.ReadError(f"bad tar header checksum at byte {pos}")
+            name, prefix = header[:100].rstrip(b"\0"), header[345:500].rstrip(b"\0")
+            if pos + BLOCK + size > end:
+                raise tarfile.ReadError(f"member {name.decode(errors='replace')} is truncated")
+            spans.append(((prefix + b"/" + name if prefix else name).decode("utf-8"), pos + BLOCK, size))
+            pos += BLOCK + size + (-size % BLOCK)
+        else:
+            raise tarfile.ReadError("unexpected end of archive (no end-of-archive blocks)")
+    finally:
+        os.close(fd)
     with tarfile.open(path, mode="r:") as tar:
         while (info := tar.next()) is not None:
             tar.members.clear()  # tarfile keeps every TarInfo it read: drop them (flat memory)
-            if not info.isfile():
-                continue
-            base = info.name.rsplit("/", 1)[-1]
-            stem, dot, ext = base.partition(".")
-            if not dot:
-                continue
-            name = info.name[: len(info.name) - len(base)] + stem
-            if name != key and key is not None:
-                yield key, members
-                members = {}
-            key = name
-            members[ext] = (info.offset_data, info.size)
-    if key is not None:
-        yield key, members
+            if info.isfile():
+                yield info.name, info.offset_data, info.size
 
 
 @dataclass
