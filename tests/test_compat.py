@@ -76,3 +76,24 @@ def test_pre_seam_model_and_run_still_work(tiny_overrides, tiny_data, tmp_path):
     (run / "recipe.json").write_text(json.dumps(pre_seam_recipe(recipe.to_dict())))
     result = train(load_recipe("shapes", [*tiny_overrides, "train.steps=3"]), tiny_data, run)
     assert result.resumed_from == 2 and result.step == 3
+
+
+def test_shards_made_by_other_encoder_weights_are_refused(tiny_overrides, tiny_data, tmp_path):
+    """The manifest records the text encoder's revision; training refuses shards whose embeddings
+    came from other weights than the recipe's encoder resolves to now (one line)."""
+    import shutil
+
+    import pytest
+
+    from crossflow_core.errors import CrossflowError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["text_encoder"]["revision"].startswith("sha256:")
+    manifest["text_encoder"]["revision"] = "sha256:0123456789abcdef"
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CrossflowError) as info:
+        train(load_recipe("shapes", [*tiny_overrides, "train.steps=1"]), data, tmp_path / "run")
+    msg = str(info.value)
+    assert "\n" not in msg and "revision sha256:0123456789abcdef" in msg and "prepare the data again" in msg

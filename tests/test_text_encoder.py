@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from crossflow_core.encoders.revision import weights_revision
 from crossflow_core.encoders.text import TextEmbeddings, TextEncoder
 from crossflow_core.errors import CrossflowError, MissingResourceError
 from crossflow_core.recipe import TextSourceConfig
@@ -93,12 +94,33 @@ def test_model_class_and_identity(tiny_models, kind, cls, dim):
     assert ident == {
         "name": str(tiny_models[kind]),
         "path": str(tiny_models[kind]),
+        "revision": weights_revision(str(tiny_models[kind])),
         "model_type": ident["model_type"],
         "hidden_size": dim,
         "max_length": 12,
         "embedding_scale": 1.0,
     }
     assert ident["model_type"] in {"bert", "clip_text_model", "t5"}
+    assert ident["revision"].startswith("sha256:")
+
+
+def test_revision_sees_changed_weights_of_the_same_size(tmp_path):
+    """The same folder with re-trained weights of the same size is another revision; hub
+    snapshots are named by their commit."""
+    from crossflow_core.encoders.revision import weights_revision
+
+    folder = tmp_path / "enc"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    (folder / "model.safetensors").write_bytes(b"a" * 3_000_000)
+    first = weights_revision(str(folder))
+    assert first == weights_revision(str(folder))  # stable
+    (folder / "model.safetensors").write_bytes(b"a" * 2_999_999 + b"b")  # last byte only
+    assert weights_revision(str(folder)) != first
+    snap = tmp_path / "models--org--enc" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    assert weights_revision(str(snap)) == "hub:abc123"
+    assert weights_revision(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.parametrize("kind", ["bert", "clip", "t5"])

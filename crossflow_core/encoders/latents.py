@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossflow_core.encoders.revision import weights_revision
 from crossflow_core.errors import CrossflowError
 from crossflow_core.recipe import TargetConfig
 
@@ -93,6 +94,7 @@ class VAELatentSpace(LatentSpace):
         self.device = torch.device(device)
         self.name = name
         self.path = path
+        self.revision = weights_revision(path or name)
         config = vae.config
         self.scale = float(scale if scale is not None else config.scaling_factor)
         self.shift = float(shift if shift is not None else (getattr(config, "shift_factor", None) or 0.0))
@@ -141,7 +143,8 @@ class VAELatentSpace(LatentSpace):
         return (self.channels, side, side)
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "vae", "name": self.name, "path": self.path, "channels": self.channels,
+        return {"kind": "vae", "name": self.name, "path": self.path, "revision": self.revision,
+                "channels": self.channels,
                 "downsample": self.downsample, "scale": self.scale, "shift": self.shift}
 
 

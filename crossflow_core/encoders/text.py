@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from crossflow_core.encoders.revision import weights_revision
 from crossflow_core.errors import CrossflowError, MissingResourceError
 from crossflow_core.recipe import TextSourceConfig
 
@@ -146,6 +147,7 @@ class TextEncoder:
         self.device = torch.device(device)
         self.path = path
         self.model_type = model_type
+        self.revision = weights_revision(path or resolve_name(cfg.encoder))
         self.dim = int(getattr(model.config, "hidden_size", None) or model.config.d_model)
         if tokenizer.pad_token is None:  # decoder LMs (Llama, GPT-2) ship without one
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -182,6 +184,7 @@ class TextEncoder:
         return {
             "name": self.cfg.encoder,
             "path": self.path,
+            "revision": self.revision,
             "model_type": self.model_type,
             "hidden_size": self.dim,
             "max_length": self.cfg.max_length,

@@ -99,6 +99,7 @@ def check_data_matches(manifest: Any, recipe: Recipe, data_dir: Path) -> None:
                 f"the recipe says {source.kind} x{getattr(source, 'factor', None)}: "
                 "prepare the data again for this recipe"
             )
+    _check_revisions(manifest, recipe, data_dir, fields)
     posterior = getattr(recipe.target, "posterior", None)
     if posterior == "sample" and "latent.npy" in fields and "moments.npy" not in fields:
         raise CrossflowError(
@@ -113,3 +114,28 @@ def check_data_matches(manifest: Any, recipe: Recipe, data_dir: Path) -> None:
             "target.kind is "
             f"{recipe.target.kind}: prepare the data again for this recipe"
         )
+
+
+def _check_revisions(manifest: Any, recipe: Recipe, data_dir: Path, fields: tuple[str, ...]) -> None:
+    """Stored features must come from the weights the recipe's encoder names resolve to now."""
+    from crossflow_core.encoders.revision import weights_revision
+    from crossflow_core.encoders.text import resolve_name
+
+    checks = []
+    if "tokens.npy" in fields and recipe.source.kind == "text":
+        used = getattr(manifest, "text_encoder", None) or {}
+        checks.append(("text embeddings", "source.encoder", used, lambda: resolve_name(recipe.source.encoder)))
+    if {"moments.npy", "latent.npy", "source.npy"} & set(fields) and recipe.target.kind == "vae":
+        used = getattr(manifest, "latent", None) or {}
+        checks.append(("VAE latents", "target.vae", used, lambda: recipe.target.vae))
+    for what, key, used, resolve in checks:
+        stored = used.get("revision")
+        if not stored:
+            continue  # prepared before revisions were recorded
+        now = weights_revision(resolve())
+        if now is not None and now != stored:
+            raise CrossflowError(
+                f"{data_dir} holds {what} made by {used.get('name')} at revision {stored}, but "
+                f"{key} now resolves to revision {now}: prepare the data again, or point {key} at "
+                "the weights it was made with"
+            )
