@@ -64,8 +64,18 @@ def prepare(work: Path, n: int) -> Path:
     out = work / f"sr{n // 1000}k"
     if not (out / "manifest.json").is_file():
         subprocess.run(
-            ["crossflow", "prepare", "--recipe", "sr_shapes", "--set", f"data.num_samples={n}",
-             "--set", "data.shard_size=5000", "--out", str(out)],
+            [
+                "crossflow",
+                "prepare",
+                "--recipe",
+                "sr_shapes",
+                "--set",
+                f"data.num_samples={n}",
+                "--set",
+                "data.shard_size=5000",
+                "--out",
+                str(out),
+            ],
             check=True,
         )
     return out
@@ -76,7 +86,10 @@ def measure(data: Path, work: Path, loader: str, workers: int, steps: int) -> di
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(data), str(run), loader, str(workers), str(steps)],
-        check=True, capture_output=True, text=True, env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -94,8 +107,15 @@ def main() -> None:
         size_mb = sum(p.stat().st_size for p in data.glob("*.tar")) / 2**20
         for loader, workers in (("memory", 0), ("stream", 0), ("stream", 1)):
             m = measure(data, args.work, loader, workers, args.steps)
-            rows.append({"samples": n, "shards_mb": round(size_mb, 1), "loader": loader, "workers": workers,
-                         **{k: round(v, 3) for k, v in m.items()}})
+            rows.append(
+                {
+                    "samples": n,
+                    "shards_mb": round(size_mb, 1),
+                    "loader": loader,
+                    "workers": workers,
+                    **{k: round(v, 3) for k, v in m.items()},
+                }
+            )
             print(rows[-1], flush=True)
     result = {
         "what": "sr_shapes U-Net (16/32/64 ch), 32 px pixels, batch 32, 1 torch thread, CPU",
@@ -116,7 +136,8 @@ def main() -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['samples']} | {r['shards_mb']} | {r['loader']} | {r['workers']} | {r['baseline_rss_mb']:.0f} "
+            f"| {r['samples']} | {r['shards_mb']} | {r['loader']} | {r['workers']} "
+            f"| {r['baseline_rss_mb']:.0f} "
             f"| {r['peak_rss_mb']:.0f} | {r['first_step_s']:.1f} "
             f"| {r['s_per_step']:.3f} |"
         )

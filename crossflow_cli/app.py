@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from crossflow_cli.caption_cmd import caption_command
 from crossflow_cli.demo_cmd import demo_command
+from crossflow_cli.depth_cmd import depth_command
 from crossflow_cli.eval_cmd import eval_app
 from crossflow_cli.generate_cmd import arith_command, interp_command, sample_command
 from crossflow_cli.prepare_cmd import prepare_command
@@ -25,6 +27,10 @@ app.command("sample", help="Generate images for prompts.")(sample_command)
 app.command("arith", help='Latent arithmetic: crossflow arith --model RUN "dog + hat - cat".')(arith_command)
 app.command("interp", help="Interpolate between two prompts' latents.")(interp_command)
 app.command("upscale", help="Super-resolution: upscale low-res images with an SR model.")(upscale_command)
+app.command("caption", help="Image captioning: one caption per image from a captioning model.")(
+    caption_command
+)
+app.command("depth", help="Monocular depth: metric depth maps of images with a depth model.")(depth_command)
 app.command("demo", help="prepare -> train -> sample on the built-in shapes world (CPU, minutes).")(
     demo_command
 )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import typer
 
+from crossflow_cli.eval_caption_cmd import eval_caption_command
 from crossflow_cli.eval_clip_cmd import clip_command
+from crossflow_cli.eval_depth_cmd import eval_depth_command
 from crossflow_cli.eval_fd_shapes_cmd import fd_shapes_command
 from crossflow_cli.eval_fid_cmd import register as register_fid
 from crossflow_cli.eval_geneval_cmd import geneval_command, shapes_metadata_command
@@ -19,7 +21,8 @@ from crossflow_cli.eval_shapes_cmd import shapes_command
 from crossflow_cli.eval_sr_cmd import eval_sr_command
 
 eval_app = typer.Typer(
-    help="Evaluate models and images: clip, geneval, shapes, fd-shapes, fid, sr.", no_args_is_help=True
+    help="Evaluate models and images: clip, geneval, shapes, fd-shapes, fid, sr, depth, caption.",
+    no_args_is_help=True
 )
 
 eval_app.command("clip", help="CLIP score (raw cosine and torchmetrics' 100x) of images and prompts.")(
@@ -41,3 +44,9 @@ register_fid(eval_app)
 eval_app.command(
     "sr", help="Super-resolution: PSNR / SSIM / FID of upscaled images (or of a model, --model)."
 )(eval_sr_command)
+eval_app.command(
+    "caption", help="Captioning: BLEU / METEOR / ROUGE-L / CIDEr (+ scene truth on shapes) and baselines."
+)(eval_caption_command)
+eval_app.command(
+    "depth", help="Monocular depth: AbsRel / delta1 / RMSE, raw and scale-shift aligned (or a baseline)."
+)(eval_depth_command)

@@ -6,10 +6,15 @@
       ve/config.json          {"class": ..., "args": {...}}: the network's constructor arguments
       ve/model.safetensors    its (EMA) weights (absent for a parameter-free encoder)
       flow/config.json, flow/model.safetensors
+      target/config.json, target/model.safetensors
+                              only for a trainable target codec (captioning: the text
+                              autoencoder, whose decoder turns the flow's latents into captions)
 
 In the spirit of diffusers' `model_index.json`: each component is rebuilt from its own config,
-without the recipe. Models exported before the task seam (`config.json` + `model.safetensors`
-with `ve.*` / `flow.*` weights, format version 1) still load. Written atomically.
+without the recipe; the index lists the components it has. Models exported before the task seam
+(`config.json` + `model.safetensors` with `ve.*` / `flow.*` weights, format version 1) still
+load. An export with a `target` component is format version 3 (older crossflow versions refuse
+it rather than load a model they cannot decode); the others stay version 2. Written atomically.
 """
 
 from __future__ import annotations
@@ -26,14 +31,22 @@ from crossflow_core.atomic import atomic_dir
 from crossflow_core.errors import CrossflowError
 from crossflow_core.model import FlowTransformer, build_flow_model
 from crossflow_core.recipe import Recipe, RecipeError, from_dict
+from crossflow_core.text_autoencoder import TextAutoencoder
 from crossflow_core.unet import FlowUNet
 from crossflow_core.ve_kinds import ENCODERS, build_ve
 
 FORMAT = "crossflow-model"
-VERSION = 2
+VERSION = 3  # the newest format this version reads (and writes for a model with a target network)
+FIXED_VERSION = 2  # what a model without a target network is written as
 INDEX = "model_index.json"
-COMPONENTS = ("ve", "flow")
-NETWORKS: dict[str, type[nn.Module]] = {**ENCODERS, "FlowTransformer": FlowTransformer, "FlowUNet": FlowUNet}
+COMPONENTS = ("ve", "flow")  # always present
+OPTIONAL_COMPONENTS = ("target",)
+NETWORKS: dict[str, type[nn.Module]] = {
+    **ENCODERS,
+    "FlowTransformer": FlowTransformer,
+    "FlowUNet": FlowUNet,
+    "TextAutoencoder": TextAutoencoder,
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,7 @@ class ModelIndex:
     """What `model_index.json` says: enough to rebuild the codecs and check their inputs.
 
     source: {"kind", "spec" (shape facts the VE was built for), "identity"}; target: {"kind", "identity"}.
+    components: the component folders ("ve", "flow", and "target" for a trainable target codec).
     """
 
     recipe: Recipe
@@ -49,11 +63,12 @@ class ModelIndex:
     latent_shape: tuple[int, int, int]
     source: dict[str, Any]
     target: dict[str, Any]
+    components: tuple[str, ...] = COMPONENTS
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "version": VERSION,
+            "version": VERSION if "target" in self.components else FIXED_VERSION,
             "task": self.recipe.task,
             "recipe": self.recipe.to_dict(),
             "step": self.step,
@@ -61,7 +76,7 @@ class ModelIndex:
             "latent_shape": list(self.latent_shape),
             "source": self.source,
             "target": self.target,
-            "components": list(COMPONENTS),
+            "components": list(self.components),
         }
 
     @staticmethod
@@ -73,7 +88,15 @@ class ModelIndex:
             latent_shape=tuple(data["latent_shape"]),
             source=dict(data["source"]),
             target=dict(data["target"]),
+            components=_components(data.get("components", COMPONENTS)),
         )
+
+
+def _components(names: Any) -> tuple[str, ...]:
+    known = COMPONENTS + OPTIONAL_COMPONENTS
+    if not isinstance(names, list | tuple) or any(n not in known for n in names):
+        raise ValueError(f"components {names!r} must be a list of {', '.join(known)}")
+    return tuple(dict.fromkeys([*COMPONENTS, *names]))
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,7 @@ class ExportedModel:
     index: ModelIndex
     ve: nn.Module
     flow: nn.Module
+    target: nn.Module | None = None  # a trainable target codec's network (captioning)
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -169,7 +193,7 @@ def load_exported(path: str | Path) -> ExportedModel:
     except (KeyError, TypeError, ValueError, RecipeError) as exc:
         raise CrossflowError(f"{model_dir / INDEX} is incomplete or invalid ({exc}): re-export it") from None
     modules = {}
-    for name in COMPONENTS:
+    for name in index.components:
         folder = model_dir / name
         if not (folder / "config.json").is_file():
             raise CrossflowError(f"{folder} is missing (no config.json): re-export the model")
@@ -179,7 +203,10 @@ def load_exported(path: str | Path) -> ExportedModel:
         if expected and not weights_file.is_file():
             raise CrossflowError(f"{weights_file} is missing: re-export the model")
         modules[name] = _load_weights(module, load_file(weights_file) if expected else {}, weights_file)
-    return ExportedModel(index, modules["ve"].eval(), modules["flow"].eval())
+    target = modules.get("target")
+    return ExportedModel(
+        index, modules["ve"].eval(), modules["flow"].eval(), None if target is None else target.eval()
+    )
 
 
 def _load_version1(model_dir: Path) -> ExportedModel:

@@ -67,7 +67,11 @@ class ImageVariationalEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.init_args = dict(
-            in_channels=in_channels, in_size=in_size, latent_shape=list(latent_shape), width=width, depth=depth
+            in_channels=in_channels,
+            in_size=in_size,
+            latent_shape=list(latent_shape),
+            width=width,
+            depth=depth,
         )
         self.latent_shape = tuple(latent_shape)
         channels, h, w = self.latent_shape
@@ -96,8 +100,10 @@ class ImageVariationalEncoder(nn.Module):
         size = self.latent_shape[1:]
         if tuple(h.shape[-2:]) != size:
             bigger = h.shape[-2] < size[0] or h.shape[-1] < size[1]
-            h = F.interpolate(h, size=size, mode="bilinear", align_corners=False) if bigger else (
-                F.adaptive_avg_pool2d(h, size)
+            h = (
+                F.interpolate(h, size=size, mode="bilinear", align_corners=False)
+                if bigger
+                else (F.adaptive_avg_pool2d(h, size))
             )
         mu, logvar = self.head(h).chunk(2, dim=1)
         if noise is None:

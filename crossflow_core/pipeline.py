@@ -2,7 +2,8 @@
 
 It never branches on the task: the source codec turns raw inputs (captions, low-res images ...)
 into a `SourceBatch`, the VE gives z0 (and, for the noise + concatenation baseline, `cond`),
-the solver integrates the guided velocity, the target codec decodes (images in [0, 1] ...).
+the solver integrates the guided velocity, the target codec decodes (images in [0, 1] as a
+tensor; captions as a list of strings, decoded by the exported target network the codec is given).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor
 from crossflow_core.codecs import SourceCodec, TargetCodec, build_codecs
 from crossflow_core.errors import CrossflowError
 from crossflow_core.export import ModelIndex, load_exported, resolve_model_dir
-from crossflow_core.recipe import SampleConfig
+from crossflow_core.recipe import TRAINABLE_TARGETS, SampleConfig
 from crossflow_core.sample import sample_latents, seeded_noise
 from crossflow_core.solvers import nfe
 from crossflow_core.ve import VEOutput
@@ -51,6 +52,12 @@ class CrossFlowPipeline:
             recipe.source, recipe.target, device=dev, token_dim=spec.get("token_dim"),
             image_size=exported.index.image_size,
         )
+        if exported.target is not None:
+            target.use_trainable(exported.target.to(dev))
+        elif recipe.target.kind in TRAINABLE_TARGETS:
+            raise CrossflowError(
+                f"the exported {recipe.task} model has no target network (no target/ folder): re-export it"
+            )
         return cls(exported.index, source, exported.ve.to(dev), exported.flow.to(dev), target, dev)
 
     def require_source(self, kind: str, what: str) -> None:
@@ -86,11 +93,12 @@ class CrossFlowPipeline:
 
     @torch.inference_mode()
     def decode(self, latents: Tensor) -> Any:
-        """Target latents [B, C, H, W] -> outputs (images: float [B, 3, H, W] in [0, 1])."""
+        """Target latents [B, C, H, W] -> outputs (images: float [B, 3, H, W] in [0, 1]; captions:
+        list[str])."""
         return self.target.decode(latents)
 
     @torch.inference_mode()
-    def generate_from_z0(self, z0: Tensor, settings: SampleConfig, cond: Tensor | None = None) -> Tensor:
+    def generate_from_z0(self, z0: Tensor, settings: SampleConfig, cond: Tensor | None = None) -> Any:
         """Outputs from source latents z0 [B, C, H, W], `settings.batch_size` at a time."""
         settings.check()
         out = []
@@ -98,7 +106,17 @@ class CrossFlowPipeline:
             chunk = z0[start : start + settings.batch_size].to(self.device)
             c = None if cond is None else cond[start : start + settings.batch_size].to(self.device)
             out.append(self.decode(sample_latents(self.flow, chunk, settings, c)))
-        return torch.cat(out)
+        return self._join(out)
+
+    def _join(self, parts: list[Any]) -> Any:
+        """Decoded chunks -> one output: tensors concatenated, lists (captions) chained."""
+        if not parts:
+            if self.config.recipe.target.kind in TRAINABLE_TARGETS:  # decoded by its network: a list
+                return []
+            return torch.empty(0, 3, self.image_size, self.image_size)
+        if isinstance(parts[0], Tensor):
+            return torch.cat(parts)
+        return [item for part in parts for item in part]
 
     @torch.inference_mode()
     def translate(
@@ -106,8 +124,9 @@ class CrossFlowPipeline:
         inputs: Sequence[Any],
         settings: SampleConfig,
         progress: Callable[[int, int], None] | None = None,
-    ) -> Tensor:
-        """Outputs for raw inputs (all of one size); input i uses seed settings.seed + i."""
+    ) -> Any:
+        """Outputs for raw inputs (all of one size); input i uses seed settings.seed + i. Images:
+        a tensor [N, 3, H, W]; captions: a list of N strings."""
         settings.check()
         out = []
         for start in range(0, len(inputs), settings.batch_size):
@@ -116,9 +135,7 @@ class CrossFlowPipeline:
             out.append(self.decode(sample_latents(self.flow, enc.z0, settings, enc.cond)))
             if progress is not None:
                 progress(start + len(chunk), len(inputs))
-        if not out:
-            return torch.empty(0, 3, self.image_size, self.image_size)
-        return torch.cat(out)
+        return self._join(out)
 
     def generate(
         self, prompts: list[str], settings: SampleConfig, progress: Callable[[int, int], None] | None = None

@@ -20,10 +20,20 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from crossflow_core.errors import CrossflowError
+from crossflow_core.recipe_checks import (  # noqa: F401 - RecipeError and the check tables, re-exported
+    _RANGES,
+    IMAGE_VE_OBJECTIVES,
+    TEXT_VE_OBJECTIVES,
+    TRAINABLE_TARGETS,
+    RecipeError,
+    _check_pair,
+    _check_ranges,
+    _check_trainable_target,
+)
 from crossflow_core.recipe_sections import (  # noqa: F401 - the schema, re-exported
     TASKS,
     DataConfig,
+    DepthTargetConfig,
     FlowConfig,
     ImageSourceConfig,
     ModelConfig,
@@ -33,6 +43,7 @@ from crossflow_core.recipe_sections import (  # noqa: F401 - the schema, re-expo
     SourceConfig,
     TargetConfig,
     TaskPreset,
+    TextAETargetConfig,
     TextSourceConfig,
     TrainConfig,
     UpsampledSourceConfig,
@@ -40,10 +51,6 @@ from crossflow_core.recipe_sections import (  # noqa: F401 - the schema, re-expo
     VEConfig,
     _plain,
 )
-
-
-class RecipeError(CrossflowError):
-    """A recipe file or override is invalid."""
 
 
 def recipes_dir() -> Path:
@@ -193,109 +200,6 @@ def _fill_preset(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-_IMAGE_SOURCES = ("upsampled", "image")
-TEXT_VE_OBJECTIVES = ("image_text_contrastive", "text_text_contrastive", "text_reconstruction")
-IMAGE_VE_OBJECTIVES = ("image_reconstruction", "target_contrastive")
-
-
-def _check_pair(recipe: Recipe) -> None:
-    """The source, VE and target must fit together."""
-    source, ve, train = recipe.source, recipe.ve, recipe.train
-    if ve.kind == "text" and source.kind != "text":
-        raise RecipeError(
-            f"ve.kind=text needs source.kind=text, not {source.kind!r}: "
-            "use ve.kind=identity or noise_concat for an image source"
-        )
-    if ve.kind != "text" and source.kind not in _IMAGE_SOURCES:
-        raise RecipeError(
-            f"ve.kind={ve.kind} needs an image source, not source.kind={source.kind!r}: "
-            "use ve.kind=text for a text source"
-        )
-    if ve.kind == "image" and source.kind != "image":
-        raise RecipeError(
-            f"ve.kind=image needs source.kind=image, not {source.kind!r}: "
-            "use ve.kind=identity or noise_concat for an upsampled source"
-        )
-    if source.kind == "image" and ve.kind != "image":
-        raise RecipeError(
-            f"source.kind=image needs ve.kind=image (its shape is not the target's), not {ve.kind!r}"
-        )
-    for kind, allowed in (("text", TEXT_VE_OBJECTIVES), ("image", IMAGE_VE_OBJECTIVES)):
-        if ve.kind == kind and ve.objective not in allowed:
-            raise RecipeError(
-                f"ve.objective={ve.objective} is not an objective of the {kind} VE: "
-                f"choose one of {', '.join(allowed)}"
-            )
-    if ve.kind not in ("text", "image") and train.stage != "joint":
-        raise RecipeError(
-            f"train.stage={train.stage} pretrains a VE, but ve.kind={ve.kind} has none "
-            "to pretrain: use train.stage=joint"
-        )
-    if ve.kind == "text" and ve.width % ve.heads:
-        raise RecipeError(f"ve.width={ve.width} must be divisible by ve.heads={ve.heads}: change ve.heads")
-    if ve.kind == "text" and ve.width >> ve.reduce_layers < 1:
-        raise RecipeError(
-            f"ve.reduce_layers={ve.reduce_layers} halves ve.width={ve.width} below 1: use fewer"
-        )
-    if source.kind == "upsampled" and recipe.data.image_size % source.factor:
-        raise RecipeError(
-            f"data.image_size={recipe.data.image_size} is not divisible by "
-            f"source.factor={source.factor}: choose a factor that divides it"
-        )
-
-
-_POSITIVE = "must be > 0"
-_NON_NEGATIVE = "must be >= 0"
-_RANGES: tuple[tuple[str, Any, str], ...] = (
-    ("data.image_size", lambda v: v >= 16, "must be >= 16"),
-    ("data.num_samples", lambda v: v >= 1, _POSITIVE),
-    ("data.shard_size", lambda v: v >= 1, _POSITIVE),
-    ("source.max_length", lambda v: v >= 1, _POSITIVE),
-    ("source.factor", lambda v: v >= 2, "must be >= 2"),
-    ("ve.width", lambda v: v >= 1, _POSITIVE),
-    ("ve.depth", lambda v: v >= 1, _POSITIVE),
-    ("ve.heads", lambda v: v >= 1, _POSITIVE),
-    ("ve.ffn", lambda v: v >= 1, _POSITIVE),
-    ("ve.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    ("ve.reduce_layers", lambda v: v >= 0, _NON_NEGATIVE),
-    ("ve.kl_weight", lambda v: v >= 0, _NON_NEGATIVE),
-    ("ve.enc_weight", lambda v: v >= 0, _NON_NEGATIVE),
-    ("ve.image_encoder_width", lambda v: v >= 1, _POSITIVE),
-    ("model.patch_size", lambda v: v >= 1, _POSITIVE),
-    ("model.width", lambda v: v is None or v >= 4, "must be >= 4"),
-    ("model.depth", lambda v: v is None or v >= 1, _POSITIVE),
-    ("model.heads", lambda v: v is None or v >= 1, _POSITIVE),
-    ("model.mlp_ratio", lambda v: v > 0, _POSITIVE),
-    (
-        "model.unet_channels",
-        lambda v: len(v) >= 1 and min(v) >= 1,
-        "must be a non-empty list of positive ints",
-    ),
-    ("model.unet_layers", lambda v: v >= 1, _POSITIVE),
-    ("model.unet_head_dim", lambda v: v >= 1, _POSITIVE),
-    ("flow.sigma_min", lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    ("flow.cfg_indicator", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    ("train.steps", lambda v: v >= 0, _NON_NEGATIVE),
-    ("train.batch_size", lambda v: v >= 1, _POSITIVE),
-    ("train.grad_accum", lambda v: v >= 1, _POSITIVE),
-    ("train.min_lr", lambda v: v >= 0, _NON_NEGATIVE),
-    ("train.lr", lambda v: v > 0, _POSITIVE),
-    ("train.weight_decay", lambda v: v >= 0, _NON_NEGATIVE),
-    ("train.betas", lambda v: all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
-    ("train.warmup_steps", lambda v: v >= 0, _NON_NEGATIVE),
-    ("train.ema_decay", lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    ("train.grad_clip", lambda v: v is None or v > 0, "must be > 0, or null to disable"),
-    ("train.ve_steps", lambda v: v >= 0, _NON_NEGATIVE),
-    ("train.num_workers", lambda v: v >= 0, _NON_NEGATIVE),
-    ("train.checkpoint_every", lambda v: v >= 0, _NON_NEGATIVE),
-    ("train.keep_checkpoints", lambda v: v >= 1, _POSITIVE),
-    ("train.sample_every", lambda v: v >= 0, _NON_NEGATIVE),
-    ("train.log_every", lambda v: v >= 1, _POSITIVE),
-    ("sample.steps", lambda v: v >= 1, _POSITIVE),
-    ("sample.batch_size", lambda v: v >= 1, _POSITIVE),
-)
-
-
 def check_section(section: Any, name: str) -> None:
     """Types, choices and ranges of one section changed at run time (e.g. sample overrides)."""
     _convert(type(section), _plain(dataclasses.asdict(section)), name)
@@ -303,31 +207,6 @@ def check_section(section: Any, name: str) -> None:
         where, field_name = key.split(".")
         if where == name and hasattr(section, field_name) and not ok(getattr(section, field_name)):
             raise RecipeError(f"{key}={getattr(section, field_name)!r} {rule}")
-
-
-def _check_ranges(recipe: Recipe) -> None:
-    for key, ok, rule in _RANGES:
-        section, name = key.split(".")
-        part = getattr(recipe, section)
-        if not hasattr(part, name):  # a key of another kind (e.g. source.factor of a text source)
-            continue
-        value = getattr(part, name)
-        if not ok(value):
-            raise RecipeError(f"{key}={value!r} {rule}")
-    model = recipe.model
-    channels = list(model.unet_channels)
-    if len(model.unet_attention) != len(channels):
-        attention = "[" + ", ".join(str(a).lower() for a in model.unet_attention) + "]"
-        raise RecipeError(
-            f"model.unet_attention={attention} needs one true/false per level of "
-            f"model.unet_channels={channels}"
-        )
-    for ch, attn in zip(channels, model.unet_attention):
-        if attn and ch % model.unet_head_dim:
-            raise RecipeError(
-                f"model.unet_head_dim={model.unet_head_dim} does not divide the {ch} channels of a U-Net "
-                "level with attention: change model.unet_head_dim or model.unet_channels"
-            )
 
 
 _YAML_BOOL_WORDS = {True: {"yes", "y", "on", "true"}, False: {"no", "n", "off", "false"}}

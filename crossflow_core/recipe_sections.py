@@ -15,14 +15,18 @@ from typing import Any, Literal
 class DataConfig:
     """Where training pairs come from and how `prepare` shards them."""
 
-    source: Literal["shapes", "folder"] = "shapes"
-    path: str | None = None  # a folder of images (+ captions when the task needs text)
+    source: Literal["shapes", "folder", "coco", "webdataset"] = "shapes"
+    path: str | None = None  # folder of images (+ captions) | COCO captions JSON | .tar folder or glob
+    images: str | None = None  # coco: the folder holding the images the annotations name
+    coco_captions: Literal["all", "first"] = "all"  # coco: every caption a sample, or one per image
+    workers: int = 1  # coco / webdataset: decoding processes (the output is the same for any number)
     image_size: int = 32  # images are resized (shorter side) and centre-cropped to this
     num_samples: int = 4096  # shapes world: number of training samples to generate
     seed: int = 0
     shard_size: int = 1000  # samples per WebDataset tar
     precompute_source: bool = True  # store the source codec's features (e.g. LM tokens) in the shards
     precompute_target: bool = False  # store the target codec's latents (e.g. VAE latents) in the shards
+    depth_scale: float = 1000.0  # depth tasks: NAME.depth.png units per metre (1000: mm; KITTI: 256)
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,45 @@ class VAETargetConfig:
     posterior: Literal["sample", "mode"] = "sample"
 
 
-TargetConfig = PixelTargetConfig | VAETargetConfig
+@dataclass(frozen=True)
+class DepthTargetConfig:
+    """Target kind "depth": a depth map in metres [H, W] <-> latent [1, H, W] in [-1, 1], linear in
+    depth (or in log depth with `log`) over [min_depth, max_depth]; depths outside are clipped."""
+
+    kind: Literal["depth"] = "depth"
+    min_depth: float = 0.1  # metres, latent -1
+    max_depth: float = 10.0  # metres, latent +1
+    log: bool = False  # true: uniform in log depth (equal relative precision near and far)
+
+
+@dataclass(frozen=True)
+class TextAETargetConfig:
+    """Target kind "text_ae" (captioning): captions -> the frozen LM's token embeddings -> a text
+    encoder (the text VE's transformer, `width`/`depth`/`heads`/`ffn`/`reduce_layers`) -> a text
+    latent [latent_channels, latent_size, latent_size] (shaped like a small latent image, so the
+    flow networks run on it unchanged) -> a decoder (`decoder_depth` layers) -> token logits.
+    Pretrained alone for `train.target_steps`, then frozen (crossflow_core/text_autoencoder.py)."""
+
+    kind: Literal["text_ae"] = "text_ae"
+    encoder: str = "minilm"  # the LM whose tokenizer and embeddings the autoencoder reads
+    max_length: int = 16  # token positions per caption ([CLS] ... [SEP] + padding)
+    embedding_scale: float = 1.0
+    latent_channels: int = 8
+    latent_size: int = 4
+    width: int = 128
+    depth: int = 2  # encoder layers
+    decoder_depth: int = 2
+    heads: int = 4
+    ffn: int = 256
+    dropout: float = 0.0
+    reduce_layers: int = 2
+    kl_weight: float = 1e-3  # KL of the latent (summed over it) against N(0, I)
+    # full: logits over the tokenizer's whole vocabulary; data: over the ids the prepared training
+    # captions use (+ the special tokens), recorded by prepare: far cheaper where captions use few
+    vocab: Literal["full", "data"] = "full"
+
+
+TargetConfig = PixelTargetConfig | VAETargetConfig | DepthTargetConfig | TextAETargetConfig
 
 
 @dataclass(frozen=True)
@@ -171,6 +213,7 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     stage: Literal["joint", "ve", "two_stage", "separate"] = "joint"
     ve_steps: int = 0  # two_stage / separate: steps of VE-only pretraining before the flow starts
+    target_steps: int = 0  # a trainable target (text_ae): steps of its pretraining, first; then frozen
     # memory: every field the codecs read is loaded into RAM once (fastest for small datasets);
     # stream: read from the shards per batch by `num_workers` DataLoader workers (flat memory)
     loader: Literal["memory", "stream"] = "memory"

@@ -250,3 +250,21 @@ def test_cli_unknown_token_dim_names_the_flag():
     )
     assert result.exit_code == 2
     assert "--assume token_dim=N" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["depth_shapes", "sr_shapes"])
+def test_image_task_shape_facts_equal_the_codecs_and_a_real_build(name):
+    """Image sources (depth) and upsampled ones (SR): the dry run's facts are what the codecs
+    say, and its meta system has the real system's parameters."""
+    from crossflow_core.codecs import build_codecs
+
+    recipe = load_recipe(name)
+    facts = shape_facts(recipe)
+    source, target = build_codecs(recipe.source, recipe.target, image_size=recipe.data.image_size)
+    assert facts.latent_shape == tuple(target.latent_shape(recipe.data.image_size))
+    if recipe.source.kind == "image":
+        assert facts.spec == source.spec()
+    real = CrossFlowSystem.from_recipe(recipe, facts.spec, facts.latent_shape)
+    report = dry_run(recipe)
+    assert report.params_total == sum(p.numel() for p in real.parameters())
+    assert report.flops_per_step > 0

@@ -60,7 +60,10 @@ def _manifest(folder: Path) -> dict:
 
 def _run(code: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", code, *args], env={**ENV, **(env or {})}, capture_output=True, text=True,
+        [sys.executable, "-c", code, *args],
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -96,7 +99,9 @@ def test_killed_inside_a_checkpoint_write_resumes_to_the_same_weights(
 
 
 @pytest.mark.slow
-def test_killed_at_random_moments_resumes_to_the_same_weights(tiny_data, tiny_overrides, tmp_path, uninterrupted):
+def test_killed_at_random_moments_resumes_to_the_same_weights(
+    tiny_data, tiny_overrides, tmp_path, uninterrupted
+):
     """SIGKILL at random times (seeded) 4 times, re-running after each; then run to the end."""
     rng = random.Random(13)
     out = tmp_path / "run"

@@ -77,7 +77,10 @@ def test_image_source_reads_pixels_in_model_range():
     [
         (["source={kind: image}", "ve.kind=identity"], "source.kind=image needs ve.kind=image"),
         (["ve={kind: image}"], "ve.kind=image needs source.kind=image"),
-        (IMAGE_PAIR[:2] + ["ve={kind: image, objective: text_reconstruction}"], "not an objective of the image VE"),
+        (
+            IMAGE_PAIR[:2] + ["ve={kind: image, objective: text_reconstruction}"],
+            "not an objective of the image VE",
+        ),
     ],
 )
 def test_image_pair_checks(overrides, message):

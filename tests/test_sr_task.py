@@ -307,7 +307,8 @@ def test_a_text_recipe_refuses_a_dataset_without_captions(tiny_overrides, tmp_pa
     for i in range(10):
         save_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), tmp_path / "pics" / f"{i}.png")
     r = recipe("data.image_size=32")
-    prepare_dataset(r.data, r.source, r.target, tmp_path / "data", source_dir=tmp_path / "pics")  # no captions
+    # no captions
+    prepare_dataset(r.data, r.source, r.target, tmp_path / "data", source_dir=tmp_path / "pics")
     with pytest.raises(CrossflowError, match="has no captions"):
         train(load_recipe("shapes", [*tiny_overrides, "train.steps=1"]), tmp_path / "data", tmp_path / "run")
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 
-import torch
 import pytest
+import torch
 
 from crossflow_core.data.arrays import load_training_arrays
 from crossflow_core.data.stream import open_streamed
 from crossflow_core.recipe import load_recipe
 from crossflow_core.train.batches import EpochSampler
-from crossflow_core.train.loop import train
 from crossflow_core.train.checkpoint import Checkpointer
+from crossflow_core.train.loop import train
 
 FIELDS = ("png", "txt", "tokens.npy", "mask.npy")
 
@@ -49,7 +49,9 @@ def test_corrupt_shard_is_one_line(tiny_data, tmp_path):
 
 @pytest.fixture
 def recipe(tiny_overrides):
-    return lambda *extra: load_recipe("shapes", [*tiny_overrides, "train.steps=6", "train.checkpoint_every=3", *extra])
+    return lambda *extra: load_recipe(
+        "shapes", [*tiny_overrides, "train.steps=6", "train.checkpoint_every=3", *extra]
+    )
 
 
 def _same(a: dict, b: dict) -> bool:

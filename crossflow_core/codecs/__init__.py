@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from crossflow_core.codecs.base import Codec, RawSample, SourceBatch, SourceCodec, TargetCodec
+from crossflow_core.codecs.depth import DepthTarget
 from crossflow_core.codecs.image_source import ImageSource
 from crossflow_core.codecs.images import ImageTarget
 from crossflow_core.codecs.text import TextSource
+from crossflow_core.codecs.text_ae import TextAETarget
 from crossflow_core.codecs.upsampled import UpsampledSource
 from crossflow_core.encoders.latents import build_latent_space
 from crossflow_core.recipe import SourceConfig, TargetConfig
@@ -26,6 +28,10 @@ __all__ = [
 
 def build_target(cfg: TargetConfig, device: torch.device | str = "cpu") -> TargetCodec:
     """The target codec a recipe's `target` section names."""
+    if cfg.kind == "depth":
+        return DepthTarget(cfg)
+    if cfg.kind == "text_ae":
+        return TextAETarget(cfg, device=device)
     return ImageTarget(build_latent_space(cfg, device=device), posterior=getattr(cfg, "posterior", "mode"))
 
 

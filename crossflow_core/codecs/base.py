@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,12 @@ class SourceBatch:
 
 @dataclass(frozen=True)
 class RawSample:
-    """One sample at prepare time: the image uint8 [H, W, 3] and its caption ("" when none)."""
+    """One sample at prepare time: the image uint8 [H, W, 3], its caption ("" when none) and, for
+    depth tasks, its depth map float32 [H, W] in metres (0 where unknown)."""
 
     image: np.ndarray
     caption: str
+    depth: np.ndarray | None = None
 
 
 class Codec(ABC):
@@ -47,6 +49,7 @@ class Codec(ABC):
 
     kind: str = ""
     needs_captions: bool = False  # prepare refuses images without captions when True
+    needs_depth: bool = False  # prepare reads a depth map per image (and stores it) when True
 
     @abstractmethod
     def train_fields(self, stored: tuple[str, ...]) -> tuple[str, ...]:
@@ -90,17 +93,44 @@ class SourceCodec(Codec):
         return self.from_fields(fields, idx, device)
 
 
+@dataclass(frozen=True)
+class TargetLoss:
+    """A trainable target codec's own training loss (scalar) and a quality measure in [0, 1]
+    logged beside it (the text autoencoder: its token accuracy)."""
+
+    loss: Tensor
+    accuracy: Tensor
+
+
 class TargetCodec(Codec):
-    """Raw outputs <-> latents [B, C, H, W]."""
+    """Raw outputs <-> latents [B, C, H, W].
+
+    A *fixed* codec (pixels, a frozen VAE) has no network to train: `from_fields` gives the target
+    latents. A *trainable* one (the captioning text autoencoder) returns its network from
+    `trainable()`; training then holds it, pretrains it alone in the "target" phase, and freezes
+    it afterwards; `from_fields` gives what that network reads, and the network has
+    `latents(target) -> Tensor [B, C, h, w]` (deterministic: the flow's z1) and
+    `loss(target) -> TargetLoss`. `use_trainable` hands an exported network back for `decode`.
+    """
+
+    def trainable(self, data: Any = None) -> nn.Module | None:
+        """The codec's own network when it is trained with the flow, else None (a fixed codec).
+        Built on the first call, sized by the training `data` (a loaded dataset) where it needs to be."""
+        return None
+
+    def use_trainable(self, network: nn.Module) -> None:
+        """Decode with `network` (the trained weights of what `trainable()` describes)."""
+        raise TypeError(f"target codec {self.kind!r} has no trainable network")
 
     @abstractmethod
     def latent_shape(self, size: int) -> tuple[int, int, int]:
         """(C, h, w) of the latent of a square sample of side `size`."""
 
     @abstractmethod
-    def from_fields(self, fields: Any, idx: Tensor, device: torch.device) -> Tensor:
-        """The target latents [B, C, h, w] of samples `idx` of a loaded dataset."""
+    def from_fields(self, fields: Any, idx: Tensor, device: torch.device) -> Any:
+        """The target latents [B, C, h, w] of samples `idx` of a loaded dataset (a trainable
+        codec: what its network reads)."""
 
     @abstractmethod
-    def decode(self, latents: Tensor) -> Tensor:
-        """latents [B, C, h, w] -> outputs (images: float [B, 3, H, W] in [0, 1])."""
+    def decode(self, latents: Tensor) -> Any:
+        """latents [B, C, h, w] -> outputs (images: float [B, 3, H, W] in [0, 1]; captions: list[str])."""

@@ -91,6 +91,9 @@ class ImageSource(SourceCodec):
         return {"space": self.cfg.space, "channels": int(channels), "size": int(side)}
 
     def identity(self) -> dict[str, Any]:
+        """kind "image", its space, and that space's own identity (a VAE's name and revision)."""
         if self._space is not None or self.cfg.space == "pixels":
-            return self.space.identity()
-        return {"kind": "vae", "name": self.cfg.vae}
+            latent = self.space.identity()
+        else:
+            latent = {"kind": "vae", "name": self.cfg.vae}
+        return {"kind": "image", "space": self.cfg.space, "latent": latent}

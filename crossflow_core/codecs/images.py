@@ -41,7 +41,10 @@ class ImageTarget(TargetCodec):
             return {}
         images = np.stack([s.image for s in samples])
         moments = np.concatenate(
-            [self.space.moments(to_model_range(images[i : i + 32])).cpu().numpy() for i in range(0, len(images), 32)]
+            [
+                self.space.moments(to_model_range(images[i : i + 32])).cpu().numpy()  # type: ignore[attr-defined]
+                for i in range(0, len(images), 32)
+            ]
         ).astype(np.float16)
         if not np.isfinite(moments).all():
             raise CrossflowError("VAE moments overflow float16: check the VAE")
@@ -59,7 +62,9 @@ class ImageTarget(TargetCodec):
         return self.encode_images(fields["png"][idx], device, sample=self.posterior == "sample")
 
     @torch.no_grad()
-    def encode_images(self, images: Tensor | np.ndarray, device: torch.device, sample: bool = False) -> Tensor:
+    def encode_images(
+        self, images: Tensor | np.ndarray, device: torch.device, sample: bool = False
+    ) -> Tensor:
         """uint8 images [B, 3, H, W] or [B, H, W, 3] -> latents [B, C, h, w] float32 (the mode, or a
         posterior draw with `sample`)."""
         return self.space.encode(to_model_range(images).to(device), sample=sample).float()

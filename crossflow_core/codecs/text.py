@@ -64,8 +64,19 @@ class TextSource(SourceCodec):
         rows = self.lookup([s.caption for s in samples])
         return {"tokens.npy": np.stack([r[0] for r in rows]), "mask.npy": np.stack([r[1] for r in rows])}
 
+    MAX_CACHED = 200_000
+
+    def remember(self, features: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Seed the caption cache with stored (tokens, mask) per caption, as `lookup` would have
+        filled it (first occurrences in order, up to MAX_CACHED): a resumed `prepare` then makes the
+        same encoder batches, so the same bits, as an uninterrupted one."""
+        todo = [c for c in features if c not in self._cache][: max(0, self.MAX_CACHED - len(self._cache))]
+        counts = self.encoder.count_tokens(todo) if todo else []
+        for caption, n in zip(todo, counts, strict=True):
+            self._cache[caption] = (*features[caption], n)
+
     def lookup(
-        self, captions: list[str], max_cached: int = 200_000
+        self, captions: list[str], max_cached: int = MAX_CACHED
     ) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """(tokens float16 [L, D], mask bool [L], untruncated token count) per caption; captions
         that repeat (the shapes world has few distinct ones) are encoded once."""

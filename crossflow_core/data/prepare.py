@@ -13,6 +13,7 @@ interrupted prepare never leaves a complete-looking dataset.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -31,12 +32,13 @@ from PIL import Image
 import crossflow_core
 from crossflow_core.codecs import Codec, RawSample, SourceCodec, build_codecs
 from crossflow_core.data.manifest import MANIFEST_NAME, CaptionStats, Manifest
+from crossflow_core.data.prepare_resume import Resume, claim_partial, fingerprint
 from crossflow_core.data.shards import ShardWriter, npy_bytes, png_bytes
 from crossflow_core.data.sources import SourceRecord, build_source, warn_skipped
 from crossflow_core.errors import CrossflowError, OutputExistsError
 from crossflow_core.recipe import DataConfig, SourceConfig, TargetConfig
 
-FEATURE_ORDER = ("tokens.npy", "mask.npy", "source.npy", "latent.npy", "moments.npy")
+FEATURE_ORDER = ("tokens.npy", "mask.npy", "ids.npy", "source.npy", "latent.npy", "moments.npy", "depth.npy")
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 log = logging.getLogger(__name__)
@@ -97,23 +99,6 @@ def _check_out_dir(out_dir: Path, overwrite: bool, source_dir: Path | None) -> N
             )
 
 
-def _remove_stale_partials(out_dir: Path) -> None:
-    """Delete ``.OUT.partial-PID`` / ``.OUT.old-PID`` folders left by killed runs (PID not alive)."""
-    prefix = f".{out_dir.name}."
-    for path in out_dir.parent.iterdir():
-        if not path.name.startswith(prefix):
-            continue
-        kind, _, pid = path.name[len(prefix) :].rpartition("-")
-        if kind not in {"partial", "old"} or not pid.isdigit() or not path.is_dir():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except (PermissionError, OverflowError):
-            pass
-
-
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
     """Rename the finished ``tmp`` folder to ``out_dir``, replacing what was there."""
     if out_dir.is_dir() and not any(out_dir.iterdir()):
@@ -127,8 +112,13 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         os.replace(tmp, out_dir)
 
 
-def _batches(records: Iterator[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:
-    while batch := list(islice(records, size)):
+def _batches(
+    records: Iterator[SourceRecord], size: int, shard_size: int, done: int
+) -> Iterator[list[SourceRecord]]:
+    """Windows of up to `size` records that never cross a shard boundary (so a resumed run, which
+    starts at one, sees the same encoder batches as an uninterrupted one)."""
+    while batch := list(islice(records, min(size, shard_size - done % shard_size))):
+        done += len(batch)
         yield batch
 
 
@@ -140,6 +130,16 @@ def _as_array(image: np.ndarray | Image.Image, size: int, key: str) -> np.ndarra
             "fix the source or data.image_size"
         )
     return arr
+
+
+def _as_depth(record: SourceRecord, size: int) -> np.ndarray | None:
+    depth = getattr(record, "depth", None)
+    if depth is not None and np.shape(depth) != (size, size):
+        raise CrossflowError(
+            f"sample {record.key} has a depth map of shape {np.shape(depth)}, expected ({size}, {size}): "
+            "fix the source or data.image_size"
+        )
+    return None if depth is None else np.asarray(depth, np.float32)
 
 
 def prepare_dataset(
@@ -162,14 +162,21 @@ def prepare_dataset(
     out_dir = Path(out_dir).expanduser()
     if data.shard_size < 1:
         raise CrossflowError(f"data.shard_size must be >= 1, got {data.shard_size}")
+    if data.workers < 1:
+        raise CrossflowError(f"data.workers must be >= 1, got {data.workers}")
     _check_out_dir(out_dir, overwrite, source_dir)
     source_codec, target_codec = build_codecs(source_cfg, target_cfg, device=device)
-    images = build_source(data, source_dir, require_captions=source_codec.needs_captions)
-    total = len(images)
-    codecs = [
+    images = build_source(
+        data,
+        source_dir,
+        require_captions=source_codec.needs_captions or target_codec.needs_captions,
+        require_depth=target_codec.needs_depth,
+    )
+    total = images.total if hasattr(images, "total") else len(images)  # None: unknown
+    codecs = [  # depth is the ground truth, not a cache of an encoder: stored whatever precompute_target says
         c
         for c, on in ((source_codec, data.precompute_source), (target_codec, data.precompute_target))
-        if on and c.precomputed_fields()
+        if (on or c.needs_depth) and c.precomputed_fields()
     ]
     latent_shape = target_codec.latent_shape(data.image_size)
     notes = [f"{c.kind} features stored: {', '.join(c.precomputed_fields())}" for c in codecs]
@@ -177,11 +184,11 @@ def prepare_dataset(
         notes.append("target latents are the pixels (to_model_range of png): no latent.npy stored")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    identities = {"source": source_codec.identity(), "target": target_codec.identity()}
+    resume = claim_partial(out_dir, fingerprint(data, source_cfg, target_cfg, images, identities, device))
+    tmp = resume.folder  # a dead run's partial folder with the same fingerprint, its shards kept
     try:
-        shards, stats, shapes = _write_shards(images, tmp, data, source_codec, codecs, progress, total)
+        shards, stats, shapes = _write_shards(images, resume, data, source_codec, codecs, progress, total)
         skipped = {k: int(v) for k, v in sorted(images.skipped.items()) if v}
         warn_skipped(skipped, str(images.describe().get("path", "source")))
         if not shards:
@@ -198,7 +205,9 @@ def prepare_dataset(
             image_size=data.image_size,
             fields=tuple(fields),
             captions=stats.result(),
-            text_encoder=source_codec.identity() if text else None,
+            text_encoder=next(c for c in codecs if "tokens.npy" in c.precomputed_fields()).identity()
+            if text
+            else None,  # the codec that stored the LM tokens (the text source, or a text target)
             text_embedding_shape=shapes["tokens.npy"] if text else None,  # type: ignore[arg-type]
             latent=target_codec.identity(),
             latent_shape=tuple(latent_shape),  # type: ignore[arg-type]
@@ -216,6 +225,7 @@ def prepare_dataset(
                 "feature_shapes": {k: list(v) for k, v in shapes.items()},
             },
         )
+        resume.finish()
         manifest.save(tmp)  # last: a folder without it is not a dataset
         _swap_into_place(tmp, out_dir)
     except BaseException:
@@ -243,7 +253,7 @@ def _encode_many(
 
 def _write_shards(
     records: Any,
-    tmp: Path,
+    resume: Resume,
     data: DataConfig,
     source: SourceCodec,
     codecs: list[Codec],
@@ -254,14 +264,19 @@ def _write_shards(
     stats = _CaptionStatsAccumulator(
         getattr(getattr(source, "cfg", None), "max_length", None) if counting else None
     )
-    shapes: dict[str, tuple[int, ...]] = {}
-    done = 0
+    resume.restore(stats, codecs)  # a resumed run: the kept shards' statistics and caption caches
+    shapes: dict[str, tuple[int, ...]] = {k: tuple(v) for k, v in resume.shapes.items()}
+    done = resume.done
     # Large windows keep the LM's batches large (few forward passes); at most ~64 MB of pixels.
     window = int(np.clip((64 << 20) // (3 * data.image_size**2), 32, 4096))
-    with ShardWriter(tmp, data.shard_size) as writer, ThreadPoolExecutor(max_workers=2) as pool:
-        for batch in _batches(iter(records), window):
+    with ShardWriter(resume.folder, data.shard_size) as writer, ThreadPoolExecutor(max_workers=2) as pool, \
+            contextlib.closing(resume.stream(records)) as stream:
+        writer.shards = resume.infos  # continue after the kept shards
+        for batch in _batches(stream, window, data.shard_size, done):
             images = [_as_array(r.image, data.image_size, r.key) for r in batch]
-            raw = [RawSample(image, r.caption) for image, r in zip(images, batch)]
+            raw = [
+                RawSample(image, r.caption, _as_depth(r, data.image_size)) for image, r in zip(images, batch)
+            ]
             features: dict[str, np.ndarray] = {}
             for codec in codecs:
                 features.update(codec.precompute(raw))
@@ -276,7 +291,9 @@ def _write_shards(
                 for key, files in part:
                     writer.write_files(key, files)
             done += len(batch)
+            resume.shard_done(writer.shards, records, stats, shapes)
             if progress is not None:
                 progress(done, total)
         shards = writer.close()
+        resume.shard_done(shards, records, stats, shapes)
     return shards, stats, shapes

@@ -28,6 +28,10 @@ contains at least one of:
    phrasing: "a blue square to the right of a red circle"). Training position captions never
    use them; test position scenes always do (their quadrants are unconstrained).
 `held_out_hits(spec, scene, image_size)` names the held-out combinations a sample contains.
+
+Depth (the depth task's ground truth, an extra output: images, captions and specs are unchanged):
+`ShapesWorld.depth(index, split)` is the metric depth map of the same scene, a ground plane seen
+in perspective with the objects standing on it (camera and rules in `shapes_depth`).
 """
 
 from __future__ import annotations
@@ -275,6 +279,12 @@ class ShapesWorld:
         """Sample `index` of `split`; identical bytes for identical arguments."""
         spec, scene = self._spec_scene(index, split)
         return ShapesSample(render(scene, self.image_size), spec.prompt, spec, scene)
+
+    def depth(self, index: int, split: str = "train") -> np.ndarray:
+        """The depth map (metres, float32 [H, W]) of sample `index` of `split` (see `shapes_depth`)."""
+        from crossflow_core.data.shapes_depth import render_depth
+
+        return render_depth(self._spec_scene(index, split)[1], self.image_size)
 
     def test_prompts(self, per_category: int = 16) -> list[PromptSpec]:
         """The specs of the first `per_category` test samples of each category, grouped by

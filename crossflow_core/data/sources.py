@@ -13,6 +13,10 @@ A source yields `SourceRecord`s in a deterministic order, knows how many it will
   lines (or with a list of captions) gives one record per caption. Images without a caption,
   empty captions, captions whose image is missing and unreadable images are skipped and counted
   (a warning is logged); a malformed jsonl line is an error naming file:line.
+  For a depth task (`require_depth`) every image needs a depth sidecar, ``NAME.depth.png`` (16-bit,
+  `data.depth_scale` units per metre, millimetres by default) or ``NAME.depth.npy`` (float metres),
+  and captions are optional; a missing, corrupt or wrongly sized depth map is an error naming the
+  file (`crossflow_core.depth_files`: the image and its depth are resized and cropped alike).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from crossflow_core.depth_files import SIDECAR_HELP, fit_image_and_depth, is_depth_file, sidecar_of
 from crossflow_core.errors import CrossflowError
 from crossflow_core.recipe import DataConfig
 
@@ -53,6 +58,7 @@ class SourceRecord:
     image: np.ndarray | Image.Image
     caption: str
     meta: dict[str, Any] = field(default_factory=dict)
+    depth: np.ndarray | None = None  # depth tasks: float32 metres [H, W] of the target size, 0 = unknown
 
 
 def safe_key(text: str, limit: int = 60) -> str:
@@ -69,13 +75,16 @@ def clean_caption(text: str) -> str:
 class ShapesSource:
     """`num_samples` samples of the shapes world; meta holds the GenEval spec and the scene."""
 
-    def __init__(self, image_size: int, num_samples: int, seed: int, split: str = "train") -> None:
+    def __init__(
+        self, image_size: int, num_samples: int, seed: int, split: str = "train", with_depth: bool = False
+    ) -> None:
         from crossflow_core.data.shapes import ShapesWorld
 
         if num_samples < 1:
             raise CrossflowError(f"data.num_samples must be >= 1, got {num_samples}")
         self.world = ShapesWorld(image_size=image_size, seed=seed)
         self.image_size, self.num_samples, self.seed, self.split = image_size, num_samples, seed, split
+        self.with_depth = with_depth
         self.skipped: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -86,11 +95,14 @@ class ShapesSource:
                 "num_samples": self.num_samples, "image_size": self.image_size}
 
     def __iter__(self) -> Iterator[SourceRecord]:
+        from crossflow_core.data.shapes_depth import render_depth
+
         for index in range(self.num_samples):
             s = self.world.sample(index, self.split)
             meta = {"index": index, "split": self.split, "category": s.spec.category,
                     "geneval": s.spec.to_geneval(), "objects": [dict(vars(o)) for o in s.scene.objects]}
-            yield SourceRecord(f"{self.split}-{index:08d}", s.image, s.caption, meta)
+            depth = render_depth(s.scene, self.image_size) if self.with_depth else None
+            yield SourceRecord(f"{self.split}-{index:08d}", s.image, s.caption, meta, depth)
 
 
 def load_rgb(path: Path, image_size: int) -> Image.Image:
@@ -131,15 +143,18 @@ class _Pair:
     rel: str  # image path relative to the root, '/'-separated
     caption: str
     origin: str  # which layout gave the caption
+    depth: Path | None = None  # its depth sidecar (depth tasks)
 
 
 class FolderSource:
     """A folder of images + captions (see the module docstring for the accepted layouts)."""
 
-    def __init__(self, root: Path, image_size: int, workers: int = 4, require_captions: bool = True) -> None:
+    def __init__(self, root: Path, image_size: int, workers: int = 4, require_captions: bool = True,
+                 require_depth: bool = False, depth_scale: float = 1000.0) -> None:
         self.root = Path(os.path.abspath(Path(root).expanduser()))
         self.image_size = image_size
         self.require_captions = require_captions
+        self.require_depth, self.depth_scale = require_depth, depth_scale
         self.workers = workers
         if not self.root.is_dir():
             raise CrossflowError(f"source folder {self.root} does not exist or is not a folder: "
@@ -148,6 +163,7 @@ class FolderSource:
         self.examples: dict[str, list[str]] = {}
         self.layouts: Counter[str] = Counter()
         self.pairs = self._scan()
+        self._depths = {p.image: p.depth for p in self.pairs}
         if not self.pairs and not require_captions:
             raise CrossflowError(f"no image in {self.root}: expected files ending in "
                                  f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
@@ -159,9 +175,12 @@ class FolderSource:
         return len(self.pairs)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "folder", "path": str(self.root), "image_size": self.image_size,
-                "pairs": len(self.pairs), "layouts": dict(sorted(self.layouts.items())),
-                "skipped_examples": {k: list(v) for k, v in sorted(self.examples.items())}}
+        out = {"kind": "folder", "path": str(self.root), "image_size": self.image_size,
+               "pairs": len(self.pairs), "layouts": dict(sorted(self.layouts.items())),
+               "skipped_examples": {k: list(v) for k, v in sorted(self.examples.items())}}
+        if self.require_depth:
+            out["depth"] = {"png_units_per_metre": self.depth_scale, "resize": "nearest"}
+        return out
 
     def _skip(self, reason: str, what: str) -> None:
         self.skipped[reason] += 1
@@ -175,6 +194,8 @@ class FolderSource:
         jsonls: list[Path] = []
         for path in sorted(self._walk(self.root)):
             suffix = path.suffix.lower()
+            if self.require_depth and is_depth_file(path):
+                continue  # a depth sidecar, not an image
             if suffix in IMAGE_EXTENSIONS:
                 images.append(path)
             elif path.name in CAPTION_FILES:
@@ -218,7 +239,13 @@ class FolderSource:
         for stem, sidecar in sorted(sidecars.items()):
             if sidecar not in used_sidecars and stem not in stems:
                 self._skip("caption_without_image", self._rel(sidecar))
-        return pairs
+        return [self._with_depth(p) for p in pairs] if self.require_depth else pairs
+
+    def _with_depth(self, pair: _Pair) -> _Pair:
+        depth = sidecar_of(pair.image)
+        if depth is None:
+            raise CrossflowError(f"image {pair.image} has no depth map: {SIDECAR_HELP}, or remove the image")
+        return _Pair(pair.image, pair.rel, pair.caption, pair.origin, depth)
 
     @staticmethod
     def _walk(root: Path) -> Iterator[Path]:
@@ -282,7 +309,11 @@ class FolderSource:
                 unique = list(dict.fromkeys(p.image for p in batch))
                 loaded = dict(zip(unique, pool.map(self._load, unique), strict=True))
                 for offset, pair in enumerate(batch):
-                    image = loaded[pair.image]
+                    image, depth = loaded[pair.image], None
+                    if isinstance(image, CrossflowError):  # a bad depth map: the pair cannot be used
+                        raise image
+                    if isinstance(image, tuple):
+                        image, depth = image
                     if isinstance(image, Exception):
                         self._skip("unreadable_image", pair.rel)
                         log.debug("skipping %s: %s", pair.image, image)
@@ -291,26 +322,41 @@ class FolderSource:
                         continue
                     key = f"{start + offset:08d}_{safe_key(pair.rel.rsplit('.', 1)[0])}"
                     meta = {"file": pair.rel, "caption_from": pair.origin}
-                    yield SourceRecord(key, image, pair.caption, meta)
+                    yield SourceRecord(key, image, pair.caption, meta, depth)
 
-    def _load(self, path: Path) -> Image.Image | Exception:
+    def _load(self, path: Path) -> Image.Image | tuple[Image.Image, np.ndarray] | Exception:
+        depth = self._depths.get(path) if self.require_depth else None
         try:
+            if depth is not None:
+                return fit_image_and_depth(path, depth, self.image_size, self.depth_scale)
             return load_rgb(path, self.image_size)
         except Exception as exc:  # untrusted files fail in many ways; never crash mid-shard
             return exc
 
 
-def build_source(data: DataConfig, source_dir: Path | None = None,
-                 require_captions: bool = True) -> ShapesSource | FolderSource:
+def build_source(data: DataConfig, source_dir: Path | None = None, require_captions: bool = True,
+                 require_depth: bool = False) -> ShapesSource | FolderSource:
     """The source a recipe's ``data`` section names; ``source_dir`` forces a folder source.
-    Without `require_captions` (a task that reads no text) a folder's images need no captions."""
+    Without `require_captions` (a task that reads no text) a folder's images need no captions;
+    with `require_depth` every record carries its depth map."""
+    depth = {"require_depth": require_depth, "depth_scale": data.depth_scale}
     if source_dir is not None:
-        return FolderSource(Path(source_dir), data.image_size, require_captions=require_captions)
+        return FolderSource(Path(source_dir), data.image_size, require_captions=require_captions, **depth)
     if data.source == "folder":
         if not data.path:
             raise CrossflowError("data.source=folder needs a folder: set data.path=FOLDER")
-        return FolderSource(Path(data.path), data.image_size, require_captions=require_captions)
-    return ShapesSource(data.image_size, data.num_samples, data.seed)
+        return FolderSource(Path(data.path), data.image_size, require_captions=require_captions, **depth)
+    if data.source in ("coco", "webdataset"):  # streamed sources, decoded by data.workers processes
+        if require_depth:
+            raise CrossflowError(
+                f"data.source={data.source} has no depth maps: use a folder with depth sidecars"
+            )
+        from crossflow_core.data.source_coco import CocoSource
+        from crossflow_core.data.source_webdataset import WebDatasetSource
+
+        kind = CocoSource if data.source == "coco" else WebDatasetSource
+        return kind.from_config(data, require_captions=require_captions)  # type: ignore[return-value]
+    return ShapesSource(data.image_size, data.num_samples, data.seed, with_depth=require_depth)
 
 
 def warn_skipped(skipped: dict[str, int], where: str) -> None:

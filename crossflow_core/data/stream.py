@@ -167,7 +167,9 @@ class StreamedArrays:
     def read(self, indices: Tensor | list[int]) -> LoadedFields:
         """The samples `indices` [B], stacked like `TrainingArrays` columns."""
         samples = [self.read_sample(int(i)) for i in indices]
-        return LoadedFields({name: stack_field(name, [s[name] for s in samples]) for name in self.index.fields})
+        return LoadedFields(
+            {name: stack_field(name, [s[name] for s in samples]) for name in self.index.fields}
+        )
 
     def close(self) -> None:
         for fd in self._files.values():

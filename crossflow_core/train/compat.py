@@ -124,7 +124,8 @@ def _check_revisions(manifest: Any, recipe: Recipe, data_dir: Path, fields: tupl
     checks = []
     if "tokens.npy" in fields and recipe.source.kind == "text":
         used = getattr(manifest, "text_encoder", None) or {}
-        checks.append(("text embeddings", "source.encoder", used, lambda: resolve_name(recipe.source.encoder)))
+        encoder = recipe.source.encoder
+        checks.append(("text embeddings", "source.encoder", used, lambda: resolve_name(encoder)))
     if {"moments.npy", "latent.npy", "source.npy"} & set(fields) and recipe.target.kind == "vae":
         used = getattr(manifest, "latent", None) or {}
         checks.append(("VAE latents", "target.vae", used, lambda: recipe.target.vae))

@@ -129,6 +129,9 @@ def example_batch(recipe: Recipe, facts: ShapeFacts, batch: int, device: str | t
         spec = facts.spec
         tokens = torch.zeros(batch, spec["num_tokens"], spec["token_dim"], device=device)
         source = SourceBatch(tokens, torch.ones(batch, spec["num_tokens"], dtype=torch.bool, device=device))
+    elif recipe.source.kind == "image":
+        spec = facts.spec
+        source = SourceBatch(torch.zeros(batch, spec["channels"], spec["size"], spec["size"], device=device))
     else:
         source = SourceBatch(torch.zeros(batch, *facts.latent_shape, device=device))
     return Batch(source=source, target=target)

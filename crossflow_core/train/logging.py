@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from crossflow_core.atomic import atomic_file
+from crossflow_core.atomic import atomic_file, write_text
 from crossflow_core.codecs import SourceBatch, TargetCodec
 from crossflow_core.image_files import save_grid
 from crossflow_core.recipe import SampleConfig
@@ -20,8 +20,11 @@ COLUMNS = ["step", "phase", "total", "fm", "enc", "kl", "lr", "grad_norm"]
 class RunLogger:
     """Appends rows to RUN/log.csv (dropping rows past `resume_step` first), draws RUN/loss.png."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, resume_step: int = 0) -> None:
+    def __init__(
+        self, run_dir: Path, enabled: bool = True, resume_step: int = 0, extra_columns: tuple[str, ...] = ()
+    ) -> None:
         self.run_dir, self.enabled = Path(run_dir), enabled
+        self.columns = COLUMNS + list(extra_columns)  # e.g. a trainable target's loss and accuracy
         self.csv_path = self.run_dir / "log.csv"
         self._tb: Any = None
         if not enabled:
@@ -29,7 +32,7 @@ class RunLogger:
         rows = self._read() if self.csv_path.is_file() else []
         kept = [r for r in rows if int(r["step"]) <= resume_step]
         with atomic_file(self.csv_path) as tmp, tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(kept)
         try:
@@ -47,9 +50,9 @@ class RunLogger:
         if not self.enabled:
             return
         with self.csv_path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore").writerow(row)
+            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(row)
         if self._tb is not None:
-            for key in ("total", "fm", "enc", "kl", "lr", "grad_norm"):
+            for key in ("total", "fm", "enc", "kl", "lr", "grad_norm", *self.columns[len(COLUMNS):]):
                 if key in row:
                     self._tb.add_scalar(f"train/{key}", row[key], row["step"])
 
@@ -94,6 +97,11 @@ class RunLogger:
         noise = None if shape is None else seeded_noise(shape, list(range(len(source)))).to(device)
         enc = system.ve(source, noise=noise)
         images = target.decode(sample_latents(system.flow, enc.z0, settings, enc.cond))
+        if not isinstance(images, torch.Tensor):  # e.g. captions: one line per grid source
+            path = self.run_dir / "samples" / f"step_{step:08d}.txt"
+            write_text(path, "".join(f"{i}\t{text}\n" for i, text in enumerate(images)))
+            self.plot()
+            return path
         path = self.run_dir / "samples" / f"step_{step:08d}.png"
         save_grid(images.float().cpu(), path, nrow=min(8, len(source)))
         self.plot()

@@ -14,8 +14,10 @@ checkpoints, logs, sample grids and the export, and only it calls the callbacks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,12 @@ class TaskData:
 
 
 def phase_at(recipe: Recipe, step: int) -> Phase:
-    """Which losses train at `step` (0-based) for `train.stage`."""
+    """Which losses train at `step` (0-based): the first `train.target_steps` steps pretrain a
+    trainable target codec alone ("target"); the later ones follow `train.stage`, with its
+    `ve_steps` counted from the end of the target phase."""
+    if step < recipe.train.target_steps:
+        return "target"
+    step -= recipe.train.target_steps
     stage, ve_steps = recipe.train.stage, recipe.train.ve_steps
     if stage == "ve":
         return "ve"
@@ -130,7 +137,8 @@ def _optimizer(system: torch.nn.Module, recipe: Recipe, device: torch.device) ->
 def _accelerator(tc: TrainConfig) -> Accelerator:
     """An `Accelerator`; accelerate keeps one process-wide state, so a second run in the same
     process with another `train.mixed_precision` resets that state instead of failing."""
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=tc.stage != "joint")
+    # phases that leave parts untrained (VE/flow pretraining, a frozen target network) need this
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=tc.stage != "joint" or tc.target_steps > 0)
     # train.grad_accum, explicitly: accelerate's config/env must not change the micro-batch count
     accum = GradientAccumulationPlugin(num_steps=tc.grad_accum, sync_with_dataloader=False)
     kwargs = dict(
@@ -148,6 +156,7 @@ def _accelerator(tc: TrainConfig) -> Accelerator:
 
 
 TERMS = ("total", "fm", "enc", "kl")
+TARGET_TERMS = ("target", "target_acc")  # logged in the "target" phase of a trainable target codec
 
 
 @dataclass
@@ -177,7 +186,8 @@ def _build(recipe: Recipe, data_dir: Path, run_dir: Path) -> _Run:
     device = accelerator.device
     set_seed(tc.seed, device_specific=True)
     data = load_task_data(recipe, data_dir, device)
-    model = CrossFlowSystem.from_recipe(recipe, data.spec, data.latent_shape)
+    target_net = data.target.trainable(data.arrays)  # None for a fixed target codec
+    model = CrossFlowSystem.from_recipe(recipe, data.spec, data.latent_shape, target_net)
     if not any(p.requires_grad for p in model.parameters()):
         raise CrossflowError("the recipe's networks have no parameters to train")
     optimizer = _optimizer(model, recipe, device)
@@ -224,11 +234,17 @@ def _save(run: _Run, step: int) -> None:
 
 
 def _ema_system(run: _Run) -> CrossFlowSystem:
-    """A copy of the system holding the EMA weights (no collective: the main process alone may call it)."""
-    copy = CrossFlowSystem.from_recipe(run.recipe, run.data.spec, run.data.latent_shape)
+    """A copy of the system holding the EMA weights (no collective: the main process alone may call it).
+    A trainable target network keeps its live weights: the flow was trained on its latents."""
+    target = run.model.target
+    copy = CrossFlowSystem.from_recipe(
+        run.recipe, run.data.spec, run.data.latent_shape, None if target is None else deepcopy(target)
+    )
     copy = copy.to(run.accelerator.device)
     copy.load_state_dict(run.model.state_dict())
     run.ema.copy_to(copy.parameters())
+    if target is not None:
+        copy.target.load_state_dict(target.state_dict())
     return copy.eval()
 
 
@@ -237,13 +253,14 @@ def _train_step(run: _Run, step: int) -> dict[str, Any]:
     the global batch; returns its log row (loss terms averaged over micro-batches and processes)."""
     acc, tc = run.accelerator, run.recipe.train
     phase = phase_at(run.recipe, step)
+    names = TERMS + TARGET_TERMS if phase == "target" else TERMS
     terms, grad_norm = [], None
     for idx in run.sampler.next_micro_batches():
         with acc.accumulate(run.wrapped):  # no gradient all-reduce until the last micro-batch
             with acc.autocast():
                 out = run.wrapped(run.make_batch(idx), phase)
             acc.backward(out.total)  # divided by train.grad_accum
-            terms.append(torch.stack([getattr(out, k) for k in TERMS]).detach().float())
+            terms.append(torch.stack([getattr(out, k) for k in names]).detach().float())
             if tc.grad_clip is not None and acc.sync_gradients:
                 grad_norm = acc.clip_grad_norm_(run.wrapped.parameters(), tc.grad_clip)
             run.optimizer.step()  # skipped by accelerate before the last micro-batch
@@ -252,7 +269,7 @@ def _train_step(run: _Run, step: int) -> dict[str, Any]:
     run.scheduler.step()
     run.ema.step(run.model.parameters())
     values = acc.reduce(torch.stack(terms).mean(0), "mean").cpu().tolist()  # collective: all ranks agree
-    losses = dict(zip(TERMS, values))
+    losses = dict(zip(names, values))
     if not all(map(math.isfinite, values)):
         raise CrossflowError(
             f"loss became {losses['total']} at step {step + 1}: lower train.lr or set train.grad_clip"
@@ -274,7 +291,10 @@ def _export(run: _Run, model_dir: Path) -> None:
         target={"kind": data.target.kind, "identity": data.target.identity()},
     )
     final = _ema_system(run)
-    save_exported(model_dir, index, {"ve": final.ve, "flow": final.flow})
+    components = {"ve": final.ve, "flow": final.flow}
+    if final.target is not None:  # the trained target network (decodes the flow's latents)
+        components["target"] = final.target
+    save_exported(model_dir, dataclasses.replace(index, components=tuple(components)), components)
 
 
 def train(
@@ -292,7 +312,8 @@ def train(
     resumed_from = _resume(run, run_dir)
     start_step = resumed_from or 0
     run.ema.to(acc.device)
-    logger = RunLogger(run_dir, enabled=main, resume_step=start_step)
+    extra = TARGET_TERMS if run.model.target is not None else ()
+    logger = RunLogger(run_dir, enabled=main, resume_step=start_step, extra_columns=extra)
     data = run.data
     sampling = tc.sample_every > 0 and main  # the other processes load no sampling inputs (e.g. an LM)
     grid = data.source.grid(recipe.sample.prompts, data.arrays, acc.device) if sampling else None
@@ -303,7 +324,7 @@ def train(
     run.wrapped.train()
     for step in range(start_step, tc.steps):
         row = _train_step(run, step)
-        done, losses = step + 1, {k: row[k] for k in TERMS}
+        done, losses = step + 1, {k: row[k] for k in TERMS + TARGET_TERMS if k in row}
         if done % tc.log_every == 0 or done == tc.steps:
             logger.log(row)
         cb.on_step(done, tc.steps, row)

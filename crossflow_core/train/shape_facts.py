@@ -149,20 +149,33 @@ def shape_facts(recipe: Recipe, assume: Mapping[str, int] | None = None) -> Shap
     """The source spec and target latent shape the recipe's system is built from, nothing loaded."""
     assume = dict(assume or {})
     size, notes = recipe.data.image_size, []
-    if recipe.target.kind == "pixels":
-        latent_shape = (3, size, size)
-    else:
+    if recipe.target.kind == "vae":
         channels, down, note = vae_geometry(recipe.target.vae, assume)
-        if size % down:
-            raise CrossflowError(
-                f"image size {size} is not divisible by the VAE's downsampling factor {down}: "
-                f"use a multiple of {down}"
-            )
-        latent_shape, notes = (channels, size // down, size // down), [note]
-    if recipe.source.kind == "text":
-        dim, note = token_dim_of(recipe.source.encoder, assume)
-        spec = {"num_tokens": recipe.source.max_length, "token_dim": dim}
+        latent_shape, notes = (channels, _divided(size, down), _divided(size, down)), [note]
+    else:  # pixels, depth, text_ae: their codecs know their latent shape without loading weights
+        from crossflow_core.codecs import build_target
+
+        latent_shape = tuple(build_target(recipe.target).latent_shape(size))
+    source = recipe.source
+    if source.kind == "text":
+        dim, note = token_dim_of(source.encoder, assume)
+        spec = {"num_tokens": source.max_length, "token_dim": dim}
         notes.append(note)
+    elif source.kind == "image":
+        channels, down = 3, 1
+        if source.space == "vae":
+            channels, down, note = vae_geometry(source.vae, assume)
+            notes.append(f"source {note}")
+        spec = {"space": source.space, "channels": channels, "size": _divided(size, down)}
     else:
-        spec = {"factor": recipe.source.factor}
-    return ShapeFacts(spec, latent_shape, tuple(notes))
+        spec = {"factor": source.factor}
+    return ShapeFacts(spec, latent_shape, tuple(notes))  # type: ignore[arg-type]
+
+
+def _divided(size: int, down: int) -> int:
+    if size % down:
+        raise CrossflowError(
+            f"image size {size} is not divisible by the VAE's downsampling factor {down}: "
+            f"use a multiple of {down}"
+        )
+    return size // down

@@ -5,12 +5,17 @@ and no task. Phases: "joint" (L_FM + L_enc + lambda*KL, gradients from the flow 
 "ve" (VE pretraining: L_enc + lambda*KL only) and "flow" (VE frozen: L_FM only, z0 from the
 frozen VE). Randomness (t, eps, null pairs, dropout) comes from torch's global RNG, which the
 checkpointer saves, so a resumed run replays exactly.
+
+A trainable target codec (`TargetCodec.trainable()`, the captioning text autoencoder) is held as
+the submodule `target`: phase "target" trains it alone on its own loss; in every other phase it is
+frozen (eval mode, no grad) and the flow's target x1 is `target.latents(batch.target)`. Without
+one, `batch.target` is x1 itself and the system is exactly the fixed-codec one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -24,33 +29,40 @@ from crossflow_core.recipe import Recipe
 from crossflow_core.ve_kinds import build_ve, cond_channels
 from crossflow_core.ve_objectives import build_objective
 
-Phase = Literal["joint", "ve", "flow"]
+Phase = Literal["joint", "ve", "flow", "target"]
+TERMS = ("total", "fm", "enc", "kl", "target", "target_acc")
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One training batch: the source (what the VE reads) and the target latents [B, C, H, W]."""
+    """One training batch: the source (what the VE reads) and the target latents [B, C, H, W]
+    (with a trainable target codec: what its network reads, e.g. a `TextTarget`)."""
 
     source: SourceBatch
-    target: Tensor
+    target: Tensor | Any
 
 
 @dataclass(frozen=True)
 class LossOutput:
-    """Scalar loss terms; `total` is what is back-propagated."""
+    """Scalar loss terms; `total` is what is back-propagated. `target` / `target_acc`: the target
+    codec's own loss and quality measure, set in the "target" phase only (else None)."""
 
     total: Tensor
     fm: Tensor
     enc: Tensor
     kl: Tensor
+    target: Tensor | None = None
+    target_acc: Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
-        terms = torch.stack([self.total, self.fm, self.enc, self.kl]).detach().float().cpu().tolist()
-        return dict(zip(("total", "fm", "enc", "kl"), terms))
+        names = [k for k in TERMS if getattr(self, k) is not None]
+        terms = torch.stack([getattr(self, k) for k in names]).detach().float().cpu().tolist()
+        return dict(zip(names, terms))
 
 
 class CrossFlowSystem(nn.Module):
-    """ve: source -> z0; flow: (z_t, t, indicator, cond) -> velocity; objective: L_enc (or None)."""
+    """ve: source -> z0; flow: (z_t, t, indicator, cond) -> velocity; objective: L_enc (or None);
+    target: a trainable target codec's network (or None)."""
 
     def __init__(
         self,
@@ -64,16 +76,21 @@ class CrossFlowSystem(nn.Module):
         enc_weight: float,
         kl_weight: float,
         kl: str,
+        target: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.ve, self.flow, self.objective = ve, flow, objective
+        # a fixed codec (target None) adds no submodule: the system's state_dict is unchanged
+        self.ve, self.flow, self.objective, self.target = ve, flow, objective, target
         self.time_sampling, self.cfg_indicator = time_sampling, cfg_indicator
         self.enc_weight, self.kl_weight, self.kl = enc_weight, kl_weight, kl
         self.path = CrossFlowPath(sigma_min)
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, spec: dict, latent_shape: tuple[int, int, int]) -> CrossFlowSystem:
-        """The system a recipe describes, for a source of shape facts `spec` and the target's latent shape."""
+    def from_recipe(
+        cls, recipe: Recipe, spec: dict, latent_shape: tuple[int, int, int], target: nn.Module | None = None
+    ) -> CrossFlowSystem:
+        """The system a recipe describes, for a source of shape facts `spec` and the target's latent
+        shape; `target`: the target codec's trainable network, when it has one."""
         ve = build_ve(recipe.ve, spec, latent_shape)
         flow = build_flow_model(recipe.model, latent_shape, cond_channels(recipe.ve, latent_shape))
         objective = build_objective(recipe.ve, spec, latent_shape)
@@ -88,11 +105,14 @@ class CrossFlowSystem(nn.Module):
             enc_weight=v.enc_weight,
             kl_weight=v.kl_weight,
             kl=v.kl,
+            target=target,
         )
 
     def forward(self, batch: Batch, phase: Phase = "joint") -> LossOutput:
         """All loss terms for one batch; terms a phase does not train are zero."""
-        x1 = batch.target
+        if self.target is not None and phase == "target":
+            return self._target_loss(batch.target)
+        x1 = batch.target if self.target is None else self.target_latents(batch.target)
         zero = x1.new_zeros(())
         enc, kl = zero, zero
         if phase == "flow":
@@ -116,3 +136,22 @@ class CrossFlowSystem(nn.Module):
             fm = flow_matching_loss(pred.float(), sample.target.float())
         total = fm + self.enc_weight * enc + self.kl_weight * kl
         return LossOutput(total=total, fm=fm, enc=enc, kl=kl)
+
+    def target_latents(self, target: Any) -> Tensor:
+        """x1 [B, C, H, W] from the frozen target network (eval mode, no grad, float32)."""
+        net = self.target
+        was = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                return net.latents(target).float()
+        finally:
+            net.train(was)
+
+    def _target_loss(self, target: Any) -> LossOutput:
+        """Phase "target": the target network's own loss only (VE and flow untouched)."""
+        out = self.target.loss(target)
+        zero = out.loss.new_zeros(())
+        return LossOutput(
+            total=out.loss, fm=zero, enc=zero, kl=zero, target=out.loss, target_acc=out.accuracy.detach()
+        )
