@@ -123,7 +123,9 @@ def _pycocoevalcap_dir() -> Path:
     try:
         import pycocoevalcap.tokenizer.ptbtokenizer as ptb
     except ImportError:
-        raise MissingResourceError("caption metrics need pycocoevalcap: pip install pycocoevalcap") from None
+        raise MissingResourceError(
+            "caption metrics need pycocoevalcap: pip install pycocoevalcap (or the extra crossflow[caption])"
+        ) from None
     return Path(ptb.__file__).resolve().parent.parent
 
 
