@@ -166,9 +166,9 @@ def print_summary(manifest, out: Path, elapsed: float) -> None:
         "upsampled": f"upsampled x{source.get('factor')}",
         "image": f"image ({source.get('space', 'pixels')})",
     }
-    named = f" ({manifest.text_encoder['name']})" if manifest.text_encoder else ""
-    console.print(f"  source: {what.get(kind, kind)}{named}; target: {manifest.latent['kind']} "
-                  f"{list(manifest.latent_shape)}")
+    named = f"; text encoder: {manifest.text_encoder['name']}" if manifest.text_encoder else ""
+    console.print(f"  source: {what.get(kind, kind)}; target: {manifest.latent['kind']} "
+                  f"{list(manifest.latent_shape)}{named}")
     shapes = manifest.extra.get("feature_shapes", {})
     stored = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
     console.print(f"  features stored: {stored or 'none (made from the png at train time)'}")
