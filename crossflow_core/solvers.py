@@ -6,10 +6,20 @@ t0 = 0 to t1 = 1 in `steps` equal steps. No Gaussian noise source ever.
 
 Methods:
 - "euler": x_{n+1} = x_n + h v(x_n, t_n). First order, 1 evaluation per step.
-- "heun":  explicit trapezoid (predictor-corrector), second order, 2 evaluations per step:
-           k1 = v(x_n, t_n); k2 = v(x_n + h k1, t_n + h); x_{n+1} = x_n + h (k1 + k2) / 2.
-           No evaluation is shared between steps (k2 is taken at the predicted point, not at
-           x_{n+1}), so every step, the last included, costs exactly 2.
+- "heun":  EDM's Heun (Karras et al. 2022, Alg. 1): explicit trapezoid (predictor-corrector),
+           k1 = v(x_n, t_n); k2 = v(x_n + h k1, t_n + h); x_{n+1} = x_n + h (k1 + k2) / 2,
+           EXCEPT on a last step that lands on t = 1, which is an Euler step (no correction).
+           Reason: training draws t from a logit-normal, which never reaches t = 1, so k2 there
+           would query the model where it was never trained. Forward sampling (0 -> 1) thus
+           evaluates only at grid times t_0 .. t_{N-1}, the same times the Euler sampler uses,
+           and costs 2 * steps - 1 evaluations (no evaluation is shared between steps).
+           Global order stays 2 (the one Euler step adds a local error h^2 / 2 * |x''(1)|, also
+           O(h^2)); the error constant grows: for dx/dt = -x it is 2x plain Heun's, sign flipped.
+           Any other end t1 != 1 keeps the correction on every step (2 * steps evaluations).
+           Backwards (1 -> 0, image -> text latent) thus ends on a corrected step evaluated at
+           t = 0: logit-normal training never draws t = 0 exactly either, but every sampler
+           (Euler included) evaluates there first, so it is no new query; the backward run's
+           own first evaluation at t = 1 is unavoidable, as it starts there.
 
 Gradients are not disabled here; wrap the call in `torch.inference_mode()` when sampling.
 """
@@ -32,6 +42,8 @@ StepCallback = Callable[[int, float, Tensor], None]
 
 SOLVERS: tuple[str, ...] = ("euler", "heun")
 _EVALS_PER_STEP = {"euler": 1, "heun": 2}
+_UNSEEN_END = 1.0
+"""The target end t = 1: training never samples it, so Heun does not correct onto it."""
 
 
 def _check(method: str, steps: int) -> None:
@@ -41,14 +53,21 @@ def _check(method: str, steps: int) -> None:
         raise CrossflowError(f"steps must be an int >= 1, got {steps!r}; e.g. 50 for Euler")
 
 
-def nfe(method: str, steps: int) -> int:
-    """Number of velocity evaluations `integrate(method=method, steps=steps)` makes.
+def _corrects_last(t1: float) -> bool:
+    """Whether Heun's last step gets its correction: not when it lands on t = 1."""
+    return t1 != _UNSEEN_END
 
-    Euler: steps. Heun: 2 * steps (no evaluation is reused, see the module docstring).
-    With CFG at scale != 1 each evaluation is one batched model forward of size 2B.
+
+def nfe(method: str, steps: int, t1: float = 1.0) -> int:
+    """Number of velocity evaluations `integrate(method=method, steps=steps, t1=t1)` makes.
+
+    Euler: steps. Heun: 2 * steps - 1 when integrating to t1 = 1 (sampling: the last step is
+    Euler, see the module docstring), else 2 * steps. With CFG at scale != 1 each evaluation
+    is one batched model forward of size 2B.
     """
     _check(method, steps)
-    return _EVALS_PER_STEP[method] * steps
+    skipped = method == "heun" and not _corrects_last(t1)
+    return _EVALS_PER_STEP[method] * steps - int(skipped)
 
 
 def _times(x: Tensor, value: float) -> Tensor:
@@ -69,7 +88,8 @@ def integrate(
 
     The default t0 = 0 (source, text latent) to t1 = 1 (target, image latent) is sampling;
     t0 > t1 integrates backwards (image -> text latent). Grid times are t0 + (t1 - t0) * i / steps
-    computed in double precision, so the last step lands on t1 exactly.
+    computed in double precision, so the last step lands on t1 exactly. With t1 = 1 Heun's last
+    step is Euler, so t = 1 is never evaluated; `nfe(method, steps, t1)` counts the evaluations.
     """
     _check(method, steps)
     if not (math.isfinite(t0) and math.isfinite(t1)):
@@ -82,7 +102,7 @@ def integrate(
         ta, tb = grid[i], grid[i + 1]
         h = tb - ta
         k1 = velocity(x, _times(x, ta))
-        if method == "euler":
+        if method == "euler" or (i == steps - 1 and not _corrects_last(t1)):
             x = x + h * k1
         else:
             k2 = velocity(x + h * k1, _times(x, tb))
