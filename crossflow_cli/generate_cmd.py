@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from crossflow_cli.common import (
@@ -98,6 +97,26 @@ def sample_command(
     console.print(f"wrote {len(expanded)} images and grid.png to {out}")
 
 
+_START_HELP = (
+    "Where the ODE starts. standardized: the mix of the prompts' VE means mu, rescaled "
+    "per sample to the mean and std the model's own z0 = mu + sigma*eps have for these prompts "
+    "(the training distribution; for a unit-std VE this is the official demo's standardisation). "
+    "sample: the mix rescaled to the prompts' mu statistics plus the VE's sigma*eps drawn with "
+    "--seed (one prompt alone: its z0 in `crossflow sample --seed`). mu: the raw mix of means "
+    "(off the training distribution)."
+)
+StartOption = Annotated[str, typer.Option("--start", help=_START_HELP)]
+
+
+def _check_start_option(start: str) -> None:
+    """One line naming --start for an unknown start mode (before any model is loaded)."""
+    from crossflow_core.arith import START_MODES
+
+    if start not in START_MODES:
+        raise CrossflowError(f"--start: invalid choice {start!r}; expected one of: {', '.join(START_MODES)}")
+StartSeedOption = Annotated[int, typer.Option(help="Seed of eps for --start sample (shared by every image).")]
+
+
 @user_errors
 def arith_command(
     expression: Annotated[
@@ -105,27 +124,28 @@ def arith_command(
     ],
     model: ModelOption = Path("run"),
     out: OutOption = Path("arith"),
-    standardize: Annotated[bool, typer.Option(help="Rescale the result to zero mean, unit std.")] = False,
+    start: StartOption = "standardized",
+    seed: StartSeedOption = 0,
     steps: StepsOption = None,
     solver: SolverOption = None,
     cfg_scale: CfgOption = None,
     device: DeviceOption = None,
 ) -> None:
-    from crossflow_core.arith import combine, parse_expression
-    from crossflow_core.arith import standardize as standardize_fn
+    """Render each term, then the expression, each from the start --start gives."""
+    from crossflow_core.arith import expression_rows, parse_expression, start_latents
 
     expr = parse_expression(expression)  # malformed: one line with a column, exit 2
+    _check_start_option(start)
     pipe = load_model(model, device)
-    settings = _settings(pipe, steps=steps, solver=solver, cfg_scale=cfg_scale)
+    settings = _settings(pipe, steps=steps, solver=solver, cfg_scale=cfg_scale, seed=seed)
+    unique, rows = expression_rows(expr)  # one row per term, then the expression
+    enc = pipe.encode(unique)
+    images = pipe.generate_from_z0(start_latents(rows, enc.mu, enc.logvar, start, settings.seed), settings)
     texts = [term.text for term in expr.terms]
-    z = combine(expr, lambda prompts: pipe.encode(prompts).mu)
-    if standardize:
-        z = standardize_fn(z.unsqueeze(0)).squeeze(0)
-    images = pipe.generate_from_z0(torch.cat([pipe.encode(texts).mu, z.unsqueeze(0)]), settings)
     record = {
         "expression": expression,
         "terms": [{"text": t.text, "weight": t.weight} for t in expr.terms],
-        "standardize": standardize,
+        "start": start,
         "settings": settings.settings(),
     }
     save_outputs(
@@ -149,21 +169,32 @@ def interp_command(
     model: ModelOption = Path("run"),
     out: OutOption = Path("interp"),
     frames: Annotated[int, typer.Option(help="Number of frames, ends included.")] = 8,
+    start: StartOption = "standardized",
+    seed: StartSeedOption = 0,
     steps: StepsOption = None,
     solver: SolverOption = None,
     cfg_scale: CfgOption = None,
     device: DeviceOption = None,
 ) -> None:
+    """Frames along the line from prompt A's mu to prompt B's, each from the start --start gives."""
+    from crossflow_core.arith import interpolation_rows, start_latents
+
     if frames < 2:
         raise CrossflowError(f"--frames must be at least 2, got {frames}")
     if not prompt_a.strip() or not prompt_b.strip():
         raise CrossflowError("both prompts need some text")
+    _check_start_option(start)
     pipe = load_model(model, device)
-    settings = _settings(pipe, steps=steps, solver=solver, cfg_scale=cfg_scale)
-    mu = pipe.encode([prompt_a, prompt_b]).mu
-    alphas = torch.linspace(0, 1, frames, device=mu.device).view(-1, 1, 1, 1)
-    images = pipe.generate_from_z0((1 - alphas) * mu[0:1] + alphas * mu[1:2], settings)
-    record = {"prompts": [prompt_a, prompt_b], "frames": frames, "settings": settings.settings()}
+    settings = _settings(pipe, steps=steps, solver=solver, cfg_scale=cfg_scale, seed=seed)
+    enc = pipe.encode([prompt_a, prompt_b])
+    rows = interpolation_rows(frames)
+    images = pipe.generate_from_z0(start_latents(rows, enc.mu, enc.logvar, start, settings.seed), settings)
+    record = {
+        "prompts": [prompt_a, prompt_b],
+        "frames": frames,
+        "start": start,
+        "settings": settings.settings(),
+    }
     save_outputs(
         images,
         out,

@@ -1,8 +1,10 @@
 """Prompt expressions for latent arithmetic: "dog + hat - cat", weights, quoted terms.
 
 Time convention: the latents combined here live at t = 0, the SOURCE of the flow (the text
-latent z0, here its mean mu from the variational encoder); t = 1 is the TARGET (image latent).
-No Gaussian noise source ever. Use mu, not a sample, for arithmetic (PAPER.md).
+latent z0 = mu + sigma * eps from the variational encoder); t = 1 is the TARGET (image latent).
+No Gaussian noise source ever. The arithmetic itself combines the means mu (PAPER.md); the
+flow, though, was trained only on z0 = mu + sigma * eps, so `start_latents` maps a combination
+back to z0's per-sample statistics before the ODE starts (see START_MODES).
 
 Grammar (whitespace is free between tokens):
     expression := [sign] term (('+' | '-') term)*
@@ -207,3 +209,102 @@ def standardize(z: Tensor, eps: float = 1e-6) -> Tensor:
     mean = flat.mean(dim=1, keepdim=True)
     std = flat.std(dim=1, keepdim=True)
     return ((flat - mean) / (std + eps)).reshape(z.shape)
+
+
+START_MODES: tuple[str, ...] = ("standardized", "sample", "mu")
+"""Where arithmetic / interpolation starts the ODE, for a combination m = sum_k w_k mu_k:
+- "standardized" (the commands' default, as the flow only ever saw z0): m rescaled per sample
+  to the mean and std that the model's own z0 = mu_k + sigma_k * eps have (in expectation over
+  eps) for the prompts, averaged with weights |w_k|. Deterministic. The official demo
+  standardises to zero mean and unit std instead: the same for a VE whose z0 are unit-std,
+  but only this stays in distribution for a VE whose z0 are not.
+- "sample": m rescaled to the prompts' mu statistics, plus sigma * eps with eps seeded and
+  sigma^2 = sum_k |w_k| sigma_k^2 / sum_k |w_k| (elementwise): a draw shaped like the VE's z0;
+  one prompt of weight 1 gives its z0 for that seed (as `crossflow sample`, the official inference).
+- "mu": m as it is (no rescaling; e.g. "a + b - c" is too long, an interpolation midpoint too short).
+"""
+
+
+def check_start(start: str) -> str:
+    """`start` if it is one of START_MODES, else a one-line CrossflowError."""
+    if start not in START_MODES:
+        raise CrossflowError(f"unknown start mode {start!r}; expected one of: {', '.join(START_MODES)}")
+    return start
+
+
+def expression_rows(expr: Expression) -> tuple[list[str], Tensor]:
+    """(texts: the K distinct texts, weights [T + 1, K] float64): one one-hot row per term in
+    the order written (its text alone), then the expression's total weights."""
+    if not expr.terms:
+        raise CrossflowError("the expression has no terms; give at least one prompt")
+    total = expr.weights_by_text()
+    texts = list(total)
+    rows = torch.zeros(len(expr.terms) + 1, len(texts), dtype=torch.float64)
+    for i, term in enumerate(expr.terms):
+        rows[i, texts.index(term.text)] = 1.0
+    rows[-1] = torch.tensor(list(total.values()), dtype=torch.float64)
+    return texts, rows
+
+
+def interpolation_rows(frames: int) -> Tensor:
+    """weights [frames, 2] float64: row i is (1 - a_i, a_i), a_i = i / (frames - 1) (ends included)."""
+    if frames < 2:
+        raise CrossflowError(f"an interpolation needs at least 2 frames, got {frames}")
+    alpha = torch.linspace(0.0, 1.0, frames, dtype=torch.float64)
+    return torch.stack([1.0 - alpha, alpha], dim=1)
+
+
+def z0_statistics(mu: Tensor, logvar: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(mean [K], var [K]) float64: the expected per-sample mean and (population) variance over
+    the elements of z0 = mu + sigma * eps, eps ~ N(0, I), for mu, logvar [K, ...]; logvar None:
+    z0 = mu. E var = var(mu) + mean(sigma^2) * (1 - 1/D), D elements per sample."""
+    flat = mu.reshape(mu.shape[0], -1).double()
+    mean, var = flat.mean(dim=1), flat.var(dim=1, correction=0)
+    if logvar is not None:
+        var = var + logvar.reshape(mu.shape[0], -1).double().exp().mean(dim=1) * (1 - 1 / flat.shape[1])
+    return mean, var
+
+
+def rescale(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """z [B, ...] with each sample's mean / population std over its elements set to mean [B] /
+    std [B] (float64 maths, z's dtype out); a constant sample becomes the constant mean."""
+    flat = z.reshape(z.shape[0], -1).double()
+    centred = flat - flat.mean(dim=1, keepdim=True)
+    have = centred.pow(2).mean(dim=1, keepdim=True).sqrt()
+    constant = have <= 1e-12 * flat.abs().amax(dim=1, keepdim=True)
+    scale = torch.where(constant, 0.0, std.double().reshape(-1, 1) / have.clamp_min(1e-300))
+    out = centred * scale + mean.double().reshape(-1, 1).to(flat.device)
+    return out.to(z.dtype).reshape(z.shape)
+
+
+def start_latents(
+    weights: Tensor, mu: Tensor, logvar: Tensor | None, start: str = "standardized", seed: int = 0
+) -> Tensor:
+    """ODE start latents [M, ...] for combinations weights [M, K] of prompts with VE moments
+    mu, logvar [K, ...] (logvar None: a deterministic VE, sigma = 0); `start` one of START_MODES,
+    `seed` seeds eps for "sample" (one eps shared by all M rows, as `seeded_noise`)."""
+    check_start(start)
+    if weights.dim() != 2 or mu.dim() < 2 or weights.shape[1] != mu.shape[0]:
+        raise CrossflowError(
+            f"weights [M, K] must match mu [K, ...]: got {tuple(weights.shape)} and {tuple(mu.shape)}"
+        )
+    if logvar is not None and logvar.shape != mu.shape:
+        raise CrossflowError(f"logvar {tuple(logvar.shape)} must have mu's shape {tuple(mu.shape)}")
+    w = weights.to(device=mu.device, dtype=torch.float64)
+    combined = w @ mu.reshape(mu.shape[0], -1).double()  # [M, D]
+    if start != "mu":
+        share = w.abs()
+        if (share.sum(dim=1) == 0).any():
+            raise CrossflowError(
+                "the weights cancel (every prompt's total weight is 0): nothing to rescale; start from mu"
+            )
+        share = share / share.sum(dim=1, keepdim=True)
+        mean, var = z0_statistics(mu, logvar if start == "standardized" else None)
+        combined = rescale(combined, share @ mean, (share @ var).sqrt())
+        if start == "sample" and logvar is not None:
+            from crossflow_core.sample import seeded_noise
+
+            sigma = (share @ logvar.reshape(mu.shape[0], -1).double().exp()).sqrt()  # [M, D]
+            eps = seeded_noise(tuple(mu.shape[1:]), [seed]).to(mu.device).double().reshape(1, -1)
+            combined = combined + sigma * eps
+    return combined.to(mu.dtype).reshape(w.shape[0], *mu.shape[1:])

@@ -87,6 +87,7 @@ def test_arith_and_interp(trained_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "a" / "result.png").is_file()
     assert Image.open(tmp_path / "a" / "terms_and_result.png").size[0] > 3 * 32
+    assert json.loads((tmp_path / "a" / "arith.json").read_text())["start"] == "standardized"
     result = invoke(
         "interp",
         "--model",
@@ -102,6 +103,31 @@ def test_arith_and_interp(trained_run, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "i").glob("frame_*.png"))) == 3
+    assert json.loads((tmp_path / "i" / "interp.json").read_text())["start"] == "standardized"
+
+
+def test_arith_and_interp_start_modes(trained_run, tmp_path):
+    """--start sample: one prompt alone starts from its VE z0 for --seed, as `crossflow sample`."""
+    import numpy as np
+
+    common = ["--model", trained_run, "--steps", "2"]
+    assert invoke("sample", "a red circle", "--seed", "5", "--out", tmp_path / "s", *common).exit_code == 0
+    out = tmp_path / "a"
+    result = invoke("arith", '"a red circle"', "--start", "sample", "--seed", "5", "--out", out, *common)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "a" / "arith.json").read_text())
+    assert record["start"] == "sample" and record["settings"]["seed"] == 5
+    sampled = np.asarray(Image.open(tmp_path / "s" / "0000_a-red-circle.png"), dtype=np.int16)
+    for name in ("result.png", "term_0_a-red-circle.png"):
+        drawn = np.asarray(Image.open(tmp_path / "a" / name), dtype=np.int16)
+        assert np.abs(drawn - sampled).max() <= 1  # the same start up to float rounding
+    out = tmp_path / "i"
+    result = invoke("interp", "a red circle", "a blue square", "--start", "mu", "--out", out, *common)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "i" / "interp.json").read_text())["start"] == "mu"
+    for command in ("arith", "interp"):
+        help_text = " ".join(runner.invoke(app, [command, "--help"]).output.split())
+        assert "--start" in help_text and "standardized" in help_text and "sample" in help_text
 
 
 @pytest.mark.parametrize(
@@ -109,6 +135,13 @@ def test_arith_and_interp(trained_run, tmp_path):
     [
         (["arith", "--model", "{run}", "dog + - cat"], 2, "expected a term at column 7"),
         (["arith", "--model", "{run}", '"unclosed'], 2, "column"),
+        (["arith", "--model", "{run}", "a", "--start", "noise"], 2, "--start: invalid choice 'noise'"),
+        (
+            ["interp", "--model", "{run}", "a", "b", "--start", "z"],
+            2,
+            "--start: invalid choice 'z'; expected one of: standardized, sample, mu",
+        ),
+        (["arith", "--model", "{run}", "a - a"], 2, "start from mu"),
         (
             ["sample", "--model", "{run}", "x", "--solver", "rk9"],
             2,
