@@ -57,6 +57,12 @@ def _check_pair(recipe: Recipe) -> None:
         raise RecipeError(
             f"ve.reduce_layers={ve.reduce_layers} halves ve.width={ve.width} below 1: use fewer"
         )
+    last = ve.width >> max(ve.reduce_layers - 1, 0)
+    if ve.kind == "text" and ve.reduction == "encoder" and last % ve.heads:
+        raise RecipeError(
+            f"ve.reduction=encoder attends at width {last} after {ve.reduce_layers - 1} halvings of "
+            f"ve.width={ve.width}, not divisible by ve.heads={ve.heads}: use fewer heads or reduce_layers"
+        )
     target = recipe.target
     if target.kind == "depth" and not target.max_depth > target.min_depth:
         raise RecipeError(

@@ -144,6 +144,9 @@ class VEConfig:
     ffn: int = 256
     dropout: float = 0.1
     reduce_layers: int = 2  # each halves the token width before flattening
+    # encoder: each stage is a post-LN encoder layer then a Linear halving the width (the official
+    # TransEncoder); linear: a Linear + GELU per stage (models exported before `reduction` existed)
+    reduction: Literal["encoder", "linear"] = "encoder"
     objective: Literal[
         "image_text_contrastive",
         "text_text_contrastive",
@@ -156,6 +159,9 @@ class VEConfig:
     kl: Literal["standard", "official"] = "official"
     image_encoder_width: int = 64  # jointly trained image tower for the contrastive loss
     logit_scale_init: float = 2.659  # log(1/0.07), CLIP's initial temperature
+    # how the learned logit_scale multiplies the contrastive logits: exp (CLIP: exp(2.659) = 14.3
+    # at init, capped at 100) or raw (the official CrossFlow code: the parameter itself, 2.659)
+    logit_scale_form: Literal["exp", "raw"] = "exp"
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,10 @@ class TrainConfig:
     # (so continuing a cosine run with more steps re-shapes the rest of its decay)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     min_lr: float = 0.0  # cosine: the LR reached at train.steps
+    # the EMA's decay at every step (the first update copies the weights). ema_warmup: true ramps it
+    # as (1 + s) / (10 + s) up to ema_decay instead (diffusers' default, 0.991 at step 1000)
     ema_decay: float = 0.999
+    ema_warmup: bool = False
     grad_clip: float | None = 1.0  # max global grad norm; null disables
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     stage: Literal["joint", "ve", "two_stage", "separate"] = "joint"

@@ -79,6 +79,7 @@ def build_ve(cfg: VEConfig, spec: dict, latent_shape: tuple[int, int, int]) -> n
             ffn=cfg.ffn,
             dropout=cfg.dropout,
             reduce_layers=cfg.reduce_layers,
+            reduction=cfg.reduction,
         )
     if cfg.kind == "image":
         return ImageVariationalEncoder(

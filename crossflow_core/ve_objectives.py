@@ -27,6 +27,14 @@ from crossflow_core.recipe import VEConfig
 from crossflow_core.ve import VEOutput
 
 
+def logit_multiplier(logit_scale: Tensor, form: str) -> Tensor:
+    """The contrastive logits' multiplier from the learned scalar: "exp" -> exp(s) capped at 100
+    (CLIP), "raw" -> s itself (the official CrossFlow code, about 2.66 at init)."""
+    if form == "raw":
+        return logit_scale
+    return logit_scale.clamp(max=math.log(100.0)).exp()
+
+
 class ImageTower(nn.Module):
     """image latents [B, C, H, W] -> features [B, out_dim] (a small CNN, trained from scratch)."""
 
@@ -54,10 +62,11 @@ class ImageTextContrastive(nn.Module):
         numel = math.prod(latent_shape)
         self.tower = ImageTower(latent_shape[0], cfg.image_encoder_width, numel)
         self.logit_scale = nn.Parameter(torch.tensor(cfg.logit_scale_init))
+        self.form = cfg.logit_scale_form
 
     def forward(self, ve: VEOutput, source: SourceBatch, target: Tensor) -> Tensor:
         feats = self.tower(target)
-        return info_nce(ve.z0.flatten(1), feats, self.logit_scale.clamp(max=math.log(100.0)).exp())
+        return info_nce(ve.z0.flatten(1), feats, logit_multiplier(self.logit_scale, self.form))
 
 
 class TextTextContrastive(nn.Module):
@@ -67,13 +76,14 @@ class TextTextContrastive(nn.Module):
             nn.Linear(token_dim, cfg.width), nn.GELU(), nn.Linear(cfg.width, math.prod(latent_shape))
         )
         self.logit_scale = nn.Parameter(torch.tensor(cfg.logit_scale_init))
+        self.form = cfg.logit_scale_form
 
     def forward(self, ve: VEOutput, source: SourceBatch, target: Tensor) -> Tensor:
         tokens, mask = source.x, source.mask
         m = mask.to(tokens.dtype).unsqueeze(-1)
         pooled = (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
         feats = self.proj(pooled.to(self.proj[0].weight.dtype))
-        return info_nce(ve.z0.flatten(1), feats, self.logit_scale.clamp(max=math.log(100.0)).exp())
+        return info_nce(ve.z0.flatten(1), feats, logit_multiplier(self.logit_scale, self.form))
 
 
 class TextReconstruction(nn.Module):

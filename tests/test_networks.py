@@ -11,7 +11,7 @@ from crossflow_core.recipe import ModelConfig, VEConfig
 from crossflow_core.ve import TextVariationalEncoder
 from crossflow_core.ve_kinds import build_ve
 
-VE_ARGS = dict(width=32, depth=1, heads=2, ffn=64, dropout=0.0, reduce_layers=1)
+VE_ARGS = dict(width=32, depth=1, heads=2, ffn=64, dropout=0.0, reduce_layers=1, reduction="encoder")
 MODEL_ARGS = dict(width=32, depth=2, heads=2, patch_size=4)
 
 
