@@ -37,6 +37,8 @@ class ProgressCallbacks(TrainCallbacks):
 
     def on_step(self, step: int, total_steps: int, row: dict[str, Any]) -> None:
         terms = " ".join(f"{k}={row[k]:.4f}" for k in ("total", "fm", "enc", "kl") if row.get(k))
+        if row.get("ve_mu_std"):  # the VE's signal: spread of mu over the batch, mean sigma
+            terms += f" | mu_std={row['ve_mu_std']:.3f} sigma={row['ve_sigma']:.3f}"
         self.progress.update(self.task, completed=step, losses=f"[{row['phase']}] {terms}")
 
     def on_message(self, text: str) -> None:

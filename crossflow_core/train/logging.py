@@ -14,7 +14,7 @@ from crossflow_core.image_files import save_grid
 from crossflow_core.recipe import SampleConfig
 from crossflow_core.sample import sample_latents, seeded_noise
 
-COLUMNS = ["step", "phase", "total", "fm", "enc", "kl", "lr", "grad_norm"]
+COLUMNS = ["step", "phase", "total", "fm", "enc", "kl", "ve_mu_std", "ve_sigma", "lr", "grad_norm"]
 
 
 class RunLogger:
@@ -52,7 +52,8 @@ class RunLogger:
         with self.csv_path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(row)
         if self._tb is not None:
-            for key in ("total", "fm", "enc", "kl", "lr", "grad_norm", *self.columns[len(COLUMNS):]):
+            for key in ("total", "fm", "enc", "kl", "ve_mu_std", "ve_sigma", "lr", "grad_norm",
+                        *self.columns[len(COLUMNS):]):
                 if key in row:
                     self._tb.add_scalar(f"train/{key}", row[key], row["step"])
 

@@ -126,6 +126,13 @@ def load_task_data(recipe: Recipe, data_dir: Path, device: torch.device) -> Task
     return TaskData(source, target, arrays, source.spec(), latent_shape)
 
 
+def make_ema(parameters, tc: TrainConfig) -> EMAModel:
+    """The EMA of `parameters`: decay `train.ema_decay` at every update after the first (which
+    copies the weights), or with `train.ema_warmup` diffusers' ramp (1 + s) / (10 + s) capped at it."""
+    floor = 0.0 if tc.ema_warmup else tc.ema_decay
+    return EMAModel(parameters, decay=tc.ema_decay, min_decay=floor)
+
+
 def _optimizer(system: torch.nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
     tc = recipe.train
     fused = device.type in ("cpu", "cuda")  # one kernel for all parameters (CPU: 6 ms vs 22 ms per update)
@@ -155,7 +162,7 @@ def _accelerator(tc: TrainConfig) -> Accelerator:
         return Accelerator(**kwargs)
 
 
-TERMS = ("total", "fm", "enc", "kl")
+TERMS = ("total", "fm", "enc", "kl", "ve_mu_std", "ve_sigma")  # the last two: the VE's signal
 TARGET_TERMS = ("target", "target_acc")  # logged in the "target" phase of a trainable target codec
 
 
@@ -197,7 +204,7 @@ def _build(recipe: Recipe, data_dir: Path, run_dir: Path) -> _Run:
         tc.grad_accum,
     )
     wrapped, prepared = accelerator.prepare(model, optimizer)  # DDP broadcasts the main process's weights
-    ema = EMAModel(model.parameters(), decay=tc.ema_decay)  # after the broadcast: one start on every rank
+    ema = make_ema(model.parameters(), tc)  # after the broadcast: one start on every rank
     state = TrainState(model, optimizer, scheduler, ema, sampler, recipe.to_dict())
     checkpointer = Checkpointer(run_dir, tc.checkpoint_every, tc.keep_checkpoints)
     if isinstance(data.arrays, StreamedArrays):
@@ -248,6 +255,13 @@ def _ema_system(run: _Run) -> CrossFlowSystem:
     return copy.eval()
 
 
+def _term(out: Any, name: str) -> torch.Tensor:
+    """A loss term of `out`, zero where the phase has none (e.g. the VE's signal while a target
+    codec pretrains)."""
+    value = getattr(out, name)
+    return out.total.new_zeros(()) if value is None else value.to(out.total.dtype)
+
+
 def _train_step(run: _Run, step: int) -> dict[str, Any]:
     """Optimizer step `step` (0-based) over `train.grad_accum` micro-batches of this process's part of
     the global batch; returns its log row (loss terms averaged over micro-batches and processes)."""
@@ -260,7 +274,7 @@ def _train_step(run: _Run, step: int) -> dict[str, Any]:
             with acc.autocast():
                 out = run.wrapped(run.make_batch(idx), phase)
             acc.backward(out.total)  # divided by train.grad_accum
-            terms.append(torch.stack([getattr(out, k) for k in names]).detach().float())
+            terms.append(torch.stack([_term(out, k) for k in names]).detach().float())
             if tc.grad_clip is not None and acc.sync_gradients:
                 grad_norm = acc.clip_grad_norm_(run.wrapped.parameters(), tc.grad_clip)
             run.optimizer.step()  # skipped by accelerate before the last micro-batch

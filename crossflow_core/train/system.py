@@ -27,10 +27,11 @@ from crossflow_core.model import build_flow_model
 from crossflow_core.path import CrossFlowPath, sample_time
 from crossflow_core.recipe import Recipe
 from crossflow_core.ve_kinds import build_ve, cond_channels
+from crossflow_core.ve import VEOutput
 from crossflow_core.ve_objectives import build_objective
 
 Phase = Literal["joint", "ve", "flow", "target"]
-TERMS = ("total", "fm", "enc", "kl", "target", "target_acc")
+TERMS = ("total", "fm", "enc", "kl", "ve_mu_std", "ve_sigma", "target", "target_acc")
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,15 @@ class Batch:
 @dataclass(frozen=True)
 class LossOutput:
     """Scalar loss terms; `total` is what is back-propagated. `target` / `target_acc`: the target
-    codec's own loss and quality measure, set in the "target" phase only (else None)."""
+    codec's own loss and quality measure, set in the "target" phase only (else None).
+    `ve_mu_std` / `ve_sigma`: the VE's signal (`ve_signal`), detached; None when no VE ran."""
 
     total: Tensor
     fm: Tensor
     enc: Tensor
     kl: Tensor
+    ve_mu_std: Tensor | None = None
+    ve_sigma: Tensor | None = None
     target: Tensor | None = None
     target_acc: Tensor | None = None
 
@@ -58,6 +62,18 @@ class LossOutput:
         names = [k for k in TERMS if getattr(self, k) is not None]
         terms = torch.stack([getattr(self, k) for k in names]).detach().float().cpu().tolist()
         return dict(zip(names, terms))
+
+
+def ve_signal(ve_out: VEOutput) -> tuple[Tensor, Tensor]:
+    """How much the source speaks through z0 = mu + sigma * eps, detached scalars: the std of mu
+    over the batch (mean over latent elements: ~0 when every input gets the same mu) and the mean
+    sigma (0 for a deterministic encoder)."""
+    with torch.no_grad():
+        mu = ve_out.mu.float()
+        mu_std = mu.std(dim=0).mean() if mu.shape[0] > 1 else mu.new_zeros(())
+        if ve_out.logvar is None:
+            return mu_std, mu.new_zeros(())
+        return mu_std, torch.exp(0.5 * ve_out.logvar.float()).mean()
 
 
 class CrossFlowSystem(nn.Module):
@@ -135,7 +151,8 @@ class CrossFlowSystem(nn.Module):
             pred = self.flow(sample.xt, sample.t, indicator, ve_out.cond)
             fm = flow_matching_loss(pred.float(), sample.target.float())
         total = fm + self.enc_weight * enc + self.kl_weight * kl
-        return LossOutput(total=total, fm=fm, enc=enc, kl=kl)
+        mu_std, sigma = ve_signal(ve_out)
+        return LossOutput(total=total, fm=fm, enc=enc, kl=kl, ve_mu_std=mu_std, ve_sigma=sigma)
 
     def target_latents(self, target: Any) -> Tensor:
         """x1 [B, C, H, W] from the frozen target network (eval mode, no grad, float32)."""
