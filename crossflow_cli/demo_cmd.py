@@ -25,7 +25,8 @@ def demo_command(
         "demo"
     ),
     set_: SetOption = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="First sampling seed.")] = 0,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per single-object prompt in the check.")] = 4,
 ) -> None:
     from crossflow_core.data.manifest import Manifest
     from crossflow_core.data.prepare import prepare_dataset
@@ -53,7 +54,7 @@ def demo_command(
     t_train = time.time() - started - t_prep
 
     console.print(f"[3/3] sample: single-object prompts and a few compositions into {sample_dir}")
-    report = demo_samples(load_pipeline(run_dir), recipe.sample.with_overrides(seed=seed), sample_dir)
+    report = demo_samples(load_pipeline(run_dir), recipe.sample.with_overrides(seed=seed), sample_dir, seeds)
     total = time.time() - started
     report["wall_time_s"] = {
         "prepare": round(t_prep, 1),
@@ -62,8 +63,9 @@ def demo_command(
     }
     write_text(sample_dir / "report.json", json.dumps(report, indent=2))
     console.print(
-        f"single-object prompts with the right colour and shape: {report['correct']}/{report['total']}, "
-        f"with an object of the right colour: {report['right_colour_present']}/{report['total']} (shapes "
-        f"checker); images in {sample_dir} (single_objects.png: rows = colours, columns = circle, square, "
-        f"triangle); total {total:.0f}s"
+        f"single-object prompts x {seeds} seeds drawn right (the asked colour and shape, nothing else): "
+        f"{report['correct']}/{report['total']}; with extra objects allowed "
+        f"{report['colour_and_shape_extra_objects_allowed']:.0%}, more than one object "
+        f"{report['more_than_one_object']:.0%} (shapes checker). Images in {sample_dir} "
+        f"(single_objects.png: rows = colours, columns = circle, square, triangle); total {total:.0f}s"
     )

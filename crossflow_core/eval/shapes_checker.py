@@ -284,6 +284,20 @@ def score(image, spec: PromptSpec) -> PromptScore:
     return PromptScore(not reasons, "; ".join(reasons), spec.category, tuple(dets))
 
 
+def score_alone(image, spec: PromptSpec) -> PromptScore:
+    """`score`, and nothing else in the image: every object `detect` finds (any shape, any
+    confidence, unknown blobs included) must be one the spec asks for. A single-object prompt
+    answered with two objects fails here, though GenEval's `colors` rule accepts it."""
+    result = score(image, spec)
+    found = detect(image)
+    wanted = sum(req.count for req in spec.include)
+    if len(found) <= wanted:
+        return result
+    extra = f"expected {wanted} object{'s' if wanted > 1 else ''} alone, found {len(found)}"
+    reason = "; ".join(r for r in (result.reason, extra) if r)
+    return PromptScore(False, reason, result.category, result.detections)
+
+
 def evaluate(images, specs: list[PromptSpec]) -> ShapesReport:
     """Score images[i] against specs[i]; images: a list/array/tensor of images (`as_image`)."""
     images = list(images)
