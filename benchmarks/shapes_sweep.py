@@ -80,10 +80,30 @@ def evaluate(
     return out
 
 
+def world_data(categories: tuple[str, ...], num_samples: int, table, index):
+    """(images uint8 [N, 3, 32, 32], caption ids [N], table, index) of the first `num_samples`
+    shapes-world samples under a category mix; captions missing from the table are encoded."""
+    world = ShapesWorld(32, 0, categories) if categories else ShapesWorld(32, 0)
+    samples = [world.sample(i) for i in range(num_samples)]
+    missing = sorted({s.caption for s in samples} - set(index))
+    if missing:
+        from crossflow_core.encoders.text import TextEncoder
+
+        emb = TextEncoder.from_config(load_recipe("shapes").source).encode(missing)
+        table = {"tokens": torch.cat([table["tokens"], emb.tokens.half()]),
+                 "mask": torch.cat([table["mask"], emb.mask.to(torch.uint8)])}
+        index = {**index, **{c: len(index) + i for i, c in enumerate(missing)}}
+    images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
+    cap_ids = torch.tensor([index[s.caption] for s in samples])
+    return images, cap_ids, table, index
+
+
 def run(config: dict, table, index, images, cap_ids, device) -> dict:
     torch.manual_seed(0)
     recipe = load_recipe("shapes", config["set"])
     tc = recipe.train
+    if recipe.data.categories:
+        images, cap_ids, table, index = world_data(recipe.data.categories, len(images), table, index)
     spec = {"num_tokens": table["tokens"].shape[1], "token_dim": table["tokens"].shape[2]}
     system = CrossFlowSystem.from_recipe(recipe, spec, (3, 32, 32)).to(device)
     opt = torch.optim.AdamW(

@@ -63,6 +63,13 @@ def _check_pair(recipe: Recipe) -> None:
             f"ve.reduction=encoder attends at width {last} after {ve.reduce_layers - 1} halvings of "
             f"ve.width={ve.width}, not divisible by ve.heads={ve.heads}: use fewer heads or reduce_layers"
         )
+    from crossflow_core.data.shapes_vocab import CATEGORIES
+
+    unknown = [c for c in recipe.data.categories if c not in CATEGORIES]
+    if unknown:
+        raise RecipeError(
+            f"data.categories names unknown categories {unknown}: use some of {', '.join(CATEGORIES)}"
+        )
     target = recipe.target
     if target.kind == "depth" and not target.max_depth > target.min_depth:
         raise RecipeError(

@@ -22,6 +22,9 @@ class DataConfig:
     workers: int = 1  # coco / webdataset: decoding processes (the output is the same for any number)
     image_size: int = 32  # images are resized (shorter side) and centre-cropped to this
     num_samples: int = 4096  # shapes world: number of training samples to generate
+    # shapes world: sample k has category categories[k % len] (a repeat weights a category);
+    # empty: every category once (single_object, two_object, counting, colors, position, color_attr)
+    categories: tuple[str, ...] = ()
     seed: int = 0
     shard_size: int = 1000  # samples per WebDataset tar
     precompute_source: bool = True  # store the source codec's features (e.g. LM tokens) in the shards

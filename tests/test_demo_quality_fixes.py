@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from crossflow_core.codecs import SourceBatch
-from crossflow_core.data.shapes import Scene, ShapeObject, render, scene_for
+from crossflow_core.data.shapes import CATEGORIES, Scene, ShapeObject, render, scene_for
 from crossflow_core.errors import CrossflowError
 from crossflow_core.eval.shapes_checker import score, score_alone
 from crossflow_core.eval.shapes_demo import COMPOSITIONS, demo_samples, single_object_specs
@@ -176,3 +176,17 @@ def test_demo_report_counts_a_second_object_as_a_miss(tmp_path, extra):
     assert set(report["per_prompt"].values()) == ({2} if not extra else {0})
     for name in ("single_objects.png", "single_objects_all_seeds.png", "compositions.png"):
         assert (tmp_path / name).is_file()
+
+
+def test_shapes_data_mix_weights_categories():
+    from crossflow_core.data.sources import ShapesSource, build_source
+
+    mix = ("single_object", "colors", "single_object", "two_object")
+    recipe = load_recipe("shapes", [f"data.categories=[{','.join(mix)}]", "data.num_samples=8"])
+    source = build_source(recipe.data)
+    cats = [record.meta["category"] for record in source]
+    assert cats == [mix[k % 4] for k in range(8)]
+    assert source.describe()["categories"] == list(mix)
+    default = ShapesSource(32, 6, 0)
+    assert [r.meta["category"] for r in default] == list(CATEGORIES)
+    assert "categories" not in default.describe()  # the default mix keeps older manifests unchanged

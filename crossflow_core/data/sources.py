@@ -76,13 +76,15 @@ class ShapesSource:
     """`num_samples` samples of the shapes world; meta holds the GenEval spec and the scene."""
 
     def __init__(
-        self, image_size: int, num_samples: int, seed: int, split: str = "train", with_depth: bool = False
+        self, image_size: int, num_samples: int, seed: int, split: str = "train", with_depth: bool = False,
+        categories: tuple[str, ...] = (),
     ) -> None:
-        from crossflow_core.data.shapes import ShapesWorld
+        from crossflow_core.data.shapes import CATEGORIES, ShapesWorld
 
         if num_samples < 1:
             raise CrossflowError(f"data.num_samples must be >= 1, got {num_samples}")
-        self.world = ShapesWorld(image_size=image_size, seed=seed)
+        self.categories = tuple(categories) or CATEGORIES
+        self.world = ShapesWorld(image_size=image_size, seed=seed, categories=self.categories)
         self.image_size, self.num_samples, self.seed, self.split = image_size, num_samples, seed, split
         self.with_depth = with_depth
         self.skipped: dict[str, int] = {}
@@ -91,8 +93,13 @@ class ShapesSource:
         return self.num_samples
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "shapes", "split": self.split, "seed": self.seed,
-                "num_samples": self.num_samples, "image_size": self.image_size}
+        from crossflow_core.data.shapes import CATEGORIES
+
+        out = {"kind": "shapes", "split": self.split, "seed": self.seed,
+               "num_samples": self.num_samples, "image_size": self.image_size}
+        if self.categories != CATEGORIES:
+            out["categories"] = list(self.categories)  # absent for the default mix, as before
+        return out
 
     def __iter__(self) -> Iterator[SourceRecord]:
         from crossflow_core.data.shapes_depth import render_depth
@@ -356,7 +363,9 @@ def build_source(data: DataConfig, source_dir: Path | None = None, require_capti
 
         kind = CocoSource if data.source == "coco" else WebDatasetSource
         return kind.from_config(data, require_captions=require_captions)  # type: ignore[return-value]
-    return ShapesSource(data.image_size, data.num_samples, data.seed, with_depth=require_depth)
+    return ShapesSource(
+        data.image_size, data.num_samples, data.seed, with_depth=require_depth, categories=data.categories
+    )
 
 
 def warn_skipped(skipped: dict[str, int], where: str) -> None:
