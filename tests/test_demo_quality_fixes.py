@@ -15,7 +15,7 @@ from crossflow_core.errors import CrossflowError
 from crossflow_core.eval.shapes_checker import score, score_alone
 from crossflow_core.eval.shapes_demo import COMPOSITIONS, demo_samples, single_object_specs
 from crossflow_core.recipe import RecipeError, load_recipe
-from crossflow_core.train.loop import make_ema
+from crossflow_core.train.loop import ema_start_share, make_ema
 from crossflow_core.train.system import ve_signal
 from crossflow_core.ve import TextVariationalEncoder, VEOutput
 from crossflow_core.ve_objectives import logit_multiplier
@@ -95,7 +95,7 @@ def _ema_after(values, tc):
 
 
 def test_ema_decay_means_what_the_recipe_says():
-    tc = load_recipe("shapes", ["train.ema_decay=0.9"]).train
+    tc = load_recipe("shapes", ["train.ema_decay=0.9", "train.ema_warmup=false"]).train
     values = [1.0, 2.0, 4.0, 8.0]
     expected = values[0]  # the first update copies the weights
     for v in values[1:]:
@@ -190,3 +190,10 @@ def test_shapes_data_mix_weights_categories():
     default = ShapesSource(32, 6, 0)
     assert [r.meta["category"] for r in default] == list(CATEGORIES)
     assert "categories" not in default.describe()  # the default mix keeps older manifests unchanged
+
+
+def test_short_runs_are_warned_of_a_stale_ema():
+    short = load_recipe("shapes", ["train.ema_warmup=false", "train.ema_decay=0.999", "train.steps=320"]).train
+    assert ema_start_share(short) == pytest.approx(0.999**319)  # ~73%: warned at train start
+    assert ema_start_share(load_recipe("shapes", ["train.ema_warmup=true"]).train) == 0.0
+    assert ema_start_share(load_recipe("t2i_256").train) < 1e-40

@@ -133,6 +133,15 @@ def make_ema(parameters, tc: TrainConfig) -> EMAModel:
     return EMAModel(parameters, decay=tc.ema_decay, min_decay=floor)
 
 
+def ema_start_share(tc: TrainConfig) -> float:
+    """The share of the EMA weights that still comes from the first step's weights after
+    `train.steps` updates: decay^(steps - 1) at a constant decay (the first update copies),
+    0 with the warm-up ramp (it forgets the start within tens of steps)."""
+    if tc.ema_warmup or tc.steps <= 1:
+        return 0.0
+    return tc.ema_decay ** (tc.steps - 1)
+
+
 def _optimizer(system: torch.nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
     tc = recipe.train
     fused = device.type in ("cpu", "cuda")  # one kernel for all parameters (CPU: 6 ms vs 22 ms per update)
@@ -333,6 +342,12 @@ def train(
     grid = data.source.grid(recipe.sample.prompts, data.arrays, acc.device) if sampling else None
 
     t_start = time.time()
+    stale = ema_start_share(tc)
+    if stale > 0.05:
+        cb.on_message(
+            f"warning: with train.ema_decay={tc.ema_decay} over {tc.steps} steps the exported EMA weights "
+            f"are still {stale:.0%} those of step 1: lower train.ema_decay or set train.ema_warmup=true"
+        )
     cb.on_start(start_step, tc.steps)
     losses: dict[str, float] = {}
     run.wrapped.train()
