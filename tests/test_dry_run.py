@@ -64,10 +64,15 @@ def hand_count_macs(b: int) -> dict[str, tuple[int, int]]:
     c, s = 3, 32
     flow, flow_no_grad_input = dit_macs(c, s, p=4, w=32, depth=2)
     # VE: input projection (of the LM tokens: no gradient), one post-LN encoder layer
-    # (packed in-proj, scores, values, out-proj, FFN), the two halving layers, to (mu, logvar).
+    # (packed in-proj, scores, values, out-proj, FFN), two reduction stages (an encoder layer at
+    # the stage's width, then a Linear halving it), to (mu, logvar).
     length, d, vw, ffn, numel = 12, 384, 32, 64, 3 * 32 * 32
-    layer = length * vw * 3 * vw + 2 * length * length * vw + length * vw * vw + 2 * length * vw * ffn
-    ve = layer + length * vw * (vw // 2) + length * (vw // 2) * (vw // 4) + length * (vw // 4) * 2 * numel
+
+    def layer(w: int) -> int:
+        return length * w * 3 * w + 2 * length * length * w + length * w * w + 2 * length * w * ffn
+
+    stages = sum(layer(w) + length * w * (w // 2) for w in (vw, vw // 2))
+    ve = layer(vw) + stages + length * (vw // 4) * 2 * numel
     ve_no_grad_input = length * d * vw
     # L_enc: the CNN tower on the target (first conv's input is data), its head, InfoNCE logits.
     tw = 8
@@ -157,9 +162,13 @@ def test_t2i_256_at_paper_scale_without_network_or_weights(no_network_no_weights
     assert report.params["flow"] == dit_params(1280, 36, 2, 4) == 1_067_667_216
     assert 1.0 < report.params["flow"] / 0.95e9 < 1.15
     w, length, d = 768, 77, 768
-    layer = (3 * w * w + 3 * w) + (w * w + w) + (w * 1024 + 1024 + 1024 * w + w) + 4 * w
-    reduce = (768 * 384 + 384) + (384 * 192 + 192) + (192 * 96 + 96)
-    ve = (d * w + w) + length * w + 11 * layer + reduce + (length * 96 * 2 * 4096 + 2 * 4096)
+
+    def layer(w: int) -> int:  # one post-LN encoder layer: attention, FFN 1024, two LayerNorms
+        return (3 * w * w + 3 * w) + (w * w + w) + (w * 1024 + 1024 + 1024 * w + w) + 4 * w
+
+    # the official reduction stages: an encoder layer at 768, 384, 192, each then a Linear halving
+    reduce = sum(layer(k) + k * (k // 2) + k // 2 for k in (768, 384, 192))
+    ve = (d * w + w) + length * w + 11 * layer(w) + reduce + (length * 96 * 2 * 4096 + 2 * 4096)
     assert report.params["ve"] == ve
     assert 1.1e9 < report.params_total < 1.25e9
     print(
