@@ -66,7 +66,8 @@ def test_reduction_ignores_padding_and_batches(reduction):
 
 
 def test_reduction_is_a_recipe_choice_and_old_exports_rebuild():
-    assert load_recipe("shapes").ve.reduction == "encoder"
+    assert load_recipe("t2i_256").ve.reduction == "encoder"  # the official stages by default
+    assert load_recipe("shapes").ve.reduction == "linear"  # the CPU demo's measured choice
     ve = TextVariationalEncoder(24, 6, (3, 8, 8))  # arguments stored before `reduction` existed
     assert ve.reduction == "linear" and ve.init_args["reduction"] == "linear"
     with pytest.raises(CrossflowError, match="reduction"):
