@@ -73,7 +73,7 @@ def test_reduction_is_a_recipe_choice_and_old_exports_rebuild():
     with pytest.raises(CrossflowError, match="reduction"):
         _ve("conv")
     with pytest.raises(RecipeError, match="ve.heads"):
-        load_recipe("shapes", ["ve.width=24", "ve.heads=4", "ve.reduce_layers=3"])
+        load_recipe("shapes", ["ve.reduction=encoder", "ve.width=24", "ve.heads=4", "ve.reduce_layers=3"])
 
 
 def test_logit_scale_forms():
