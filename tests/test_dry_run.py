@@ -31,6 +31,7 @@ TINY_DIT = [
     "ve.heads=2",
     "ve.ffn=64",
     "ve.reduce_layers=2",
+    "ve.reduction=encoder",
     "ve.image_encoder_width=8",
     "model.arch=dit",
     "model.width=32",
