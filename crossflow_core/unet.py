@@ -8,6 +8,9 @@ conditioning is the time t and the CFG indicator (1 = the target belongs to the 
 
 Time convention: t in [0, 1], t = 0 the source (text latent), t = 1 the target (image latent);
 the U-Net's sinusoidal time features see 1000*t, as the DiT's do.
+
+The attention blocks run `SpatialAttention`, diffusers' `AttnProcessor2_0` maths laid out for speed
+(benchmarks/step_speed.md measures it, tests/test_speed.py checks that outputs and gradients agree).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crossflow_core.errors import CrossflowError
@@ -24,6 +28,84 @@ from crossflow_core.path import batch_times
 def _norm_groups(channels: tuple[int, ...]) -> int:
     """The GroupNorm group count: the largest divisor of every level's channels, at most 32."""
     return math.gcd(32, *channels)
+
+
+def matmul_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v for q, k, v [B, heads, N, d] as two batched matmuls around a
+    float32 softmax (its probabilities back in v's dtype)."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v
+
+
+def use_matmul_attention(x: Tensor) -> bool:
+    """Where `matmul_attention` beats F.scaled_dot_product_attention: CPU tensors in bf16 / fp16
+    (PyTorch's fused CPU kernel, its backward above all, is several times slower there for the
+    U-Net's short H*W sequences); fp32 and CUDA keep the fused kernel."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+
+
+class SpatialAttention:
+    """A diffusers attention processor for self-attention over a feature map [B, C, H, W], with the
+    maths of `AttnProcessor2_0` (GroupNorm, q/k/v projections, softmax(q k^T / sqrt(d)) v, output
+    projection, residual, rescale) and three changes of layout, not of maths:
+
+    - q, k and v come from one matmul with the three projections' weights concatenated;
+    - the attention is `matmul_attention` where `use_matmul_attention` says (`kernel="auto"`),
+      else F.scaled_dot_product_attention; `kernel` "sdpa" / "matmul" force one;
+    - the output map is contiguous (NCHW). diffusers returns a transposed view, whose
+      channels-last strides then spread into the next blocks (slow channels-last GroupNorms).
+
+    Anything else (masks, cross-attention, extra norms) goes to `AttnProcessor2_0` unchanged."""
+
+    def __init__(self, kernel: str = "auto") -> None:
+        if kernel not in ("auto", "sdpa", "matmul"):
+            raise ValueError(f"unknown attention kernel {kernel!r}: auto, sdpa or matmul")
+        self.kernel = kernel
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> Tensor:
+        projections = (attn.to_q, attn.to_k, attn.to_v)
+        plain = (
+            hidden_states.dim() == 4
+            and encoder_hidden_states is None
+            and attention_mask is None
+            and getattr(attn, "spatial_norm", None) is None
+            and getattr(attn, "norm_q", None) is None
+            and getattr(attn, "norm_k", None) is None
+            and all(isinstance(m, nn.Linear) for m in projections)
+            and len({m.bias is None for m in projections}) == 1
+            and not args
+            and not kwargs
+        )
+        if not plain:
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        residual = hidden_states
+        b, c, h, w = hidden_states.shape
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states)
+        x = hidden_states.reshape(b, c, h * w).transpose(1, 2)  # [B, N, C]
+        weight = torch.cat([m.weight for m in projections])
+        bias = None if attn.to_q.bias is None else torch.cat([m.bias for m in projections])
+        q, k, v = F.linear(x, weight, bias).split([m.out_features for m in projections], dim=-1)
+        q, k, v = (y.reshape(b, h * w, attn.heads, -1).transpose(1, 2) for y in (q, k, v))  # [B, heads, N, d]
+        matmul = self.kernel == "matmul" or self.kernel == "auto" and use_matmul_attention(q)
+        out = matmul_attention(q, k, v) if matmul else F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(b, h * w, -1).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
+        out = out.transpose(1, 2).reshape(b, c, h, w).contiguous()
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
 
 
 class FlowUNet(nn.Module):
@@ -76,6 +158,18 @@ class FlowUNet(nn.Module):
             norm_num_groups=_norm_groups(unet_channels),
             num_class_embeds=2,
         )
+        self.set_attention("auto")
+
+    def set_attention(self, kernel: str) -> None:
+        """The attention blocks' processor: `SpatialAttention(kernel)` for "auto" (the default) /
+        "sdpa" / "matmul", or "diffusers" for diffusers' own `AttnProcessor2_0` (a speed choice
+        only: not saved, the weights are the same)."""
+        from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+        processor = AttnProcessor2_0() if kernel == "diffusers" else SpatialAttention(kernel)
+        for module in self.unet.modules():
+            if isinstance(module, Attention):
+                module.set_processor(processor)
 
     def accepts(self, height: int, width: int) -> str | None:
         """None when a latent of this size can pass the network, else why not."""
