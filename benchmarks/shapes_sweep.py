@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from crossflow_core.codecs import SourceBatch
-from crossflow_core.data.shapes import COLOURS, SHAPES, PromptSpec, Requirement, ShapesWorld
+from crossflow_core.data.shapes import ShapesWorld
 from crossflow_core.eval.shapes_checker import score, score_alone
 from crossflow_core.eval.shapes_demo import single_object_specs
 from crossflow_core.recipe import load_recipe

@@ -88,7 +88,8 @@ class SpatialAttention:
         if not plain:
             from diffusers.models.attention_processor import AttnProcessor2_0
 
-            return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            fallback = AttnProcessor2_0()
+            return fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         b, c, h, w = hidden_states.shape
         if attn.group_norm is not None:

@@ -194,7 +194,8 @@ def test_shapes_data_mix_weights_categories():
 
 
 def test_short_runs_are_warned_of_a_stale_ema():
-    short = load_recipe("shapes", ["train.ema_warmup=false", "train.ema_decay=0.999", "train.steps=320"]).train
+    overrides = ["train.ema_warmup=false", "train.ema_decay=0.999", "train.steps=320"]
+    short = load_recipe("shapes", overrides).train
     assert ema_start_share(short) == pytest.approx(0.999**319)  # ~73%: warned at train start
     assert ema_start_share(load_recipe("shapes", ["train.ema_warmup=true"]).train) == 0.0
     assert ema_start_share(load_recipe("t2i_256").train) < 1e-40

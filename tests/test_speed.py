@@ -87,7 +87,7 @@ def test_spatial_attention_output_keeps_the_network_in_nchw():
     for name, model in (("fast", fast), ("plain", plain)):
         seen = []
         hooks = [
-            m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].is_contiguous()))
+            m.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0].is_contiguous()))
             for m in model.modules()
             if isinstance(m, (nn.Conv2d, nn.GroupNorm))
         ]

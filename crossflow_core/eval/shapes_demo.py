@@ -56,7 +56,8 @@ def demo_samples(pipe: Any, settings: SampleConfig, out_dir: Path, seeds: int = 
     images = pipe.generate(prompts, settings)
     singles, compositions = images[: n * seeds], images[n * seeds :]
     first = singles[:n]
-    for i, (prompt, image) in enumerate(zip(prompts[:n] + list(COMPOSITIONS), torch.cat([first, compositions]))):
+    named = zip(prompts[:n] + list(COMPOSITIONS), torch.cat([first, compositions]))
+    for i, (prompt, image) in enumerate(named):
         save_png(image, out_dir / f"{i:02d}_{slug(prompt)}.png")
     save_grid(first, out_dir / "single_objects.png", nrow=len(SHAPES))
     by_colour_seed = singles.view(seeds, len(COLOURS), len(SHAPES), *singles.shape[1:]).transpose(0, 1)

@@ -26,8 +26,8 @@ from crossflow_core.losses import flow_matching_loss, kl_loss
 from crossflow_core.model import build_flow_model
 from crossflow_core.path import CrossFlowPath, sample_time
 from crossflow_core.recipe import Recipe
-from crossflow_core.ve_kinds import build_ve, cond_channels
 from crossflow_core.ve import VEOutput
+from crossflow_core.ve_kinds import build_ve, cond_channels
 from crossflow_core.ve_objectives import build_objective
 
 Phase = Literal["joint", "ve", "flow", "target"]
