@@ -35,6 +35,7 @@ switches there, so "before" and "after" coincide).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -74,8 +75,14 @@ def variants(group: str) -> list[dict]:
             v("+ EMA foreach", precision="bf16", **AFTER, ema_foreach=True),
             v("+ no per-step host sync", precision="bf16", **AFTER, host_sync=False),
             v("1 thread", precision="bf16", **AFTER, threads=1),
+            v("keep_freed_memory (mallopt)", precision="bf16", **AFTER, env={"STEP_SPEED_MALLOPT": "1"}),
             v("OMP_WAIT_POLICY=PASSIVE", precision="bf16", **AFTER, env={"OMP_WAIT_POLICY": "PASSIVE"}),
-            v("OMP_PROC_BIND=close", precision="bf16", **AFTER, env={"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}),
+            v(
+                "OMP_PROC_BIND=close",
+                precision="bf16",
+                **AFTER,
+                env={"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"},
+            ),
         ]
         for name, lib in (("jemalloc", JEMALLOC), ("tcmalloc", TCMALLOC)):
             if Path(lib).exists():
@@ -84,7 +91,13 @@ def variants(group: str) -> list[dict]:
     if group == "compile":
         return [
             v("bf16 after", precision="bf16", **AFTER, ref=True),
-            v("bf16 after + compile(flow)", precision="bf16", **AFTER, compile="flow"),
+            v(
+                "bf16 after + compile(flow)",
+                precision="bf16",
+                **AFTER,
+                compile="flow",
+                env={"TORCHINDUCTOR_CACHE_DIR": "{fresh}"},
+            ),  # a cold cache: the compile time a first run pays
         ]
     if group == "sample":
         return [
@@ -100,6 +113,33 @@ def variants(group: str) -> list[dict]:
 
 
 _DATA: dict = {}
+
+
+# A measured variant (runtime groups): glibc keeps freed memory instead of returning it to the
+# OS, so a step reuses its pages (~35-50k minor page faults per step without it).
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper bound on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+
+
+def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD_MAX, trim_threshold: int = 1 << 30) -> bool:
+    """Let glibc's malloc serve blocks up to `mmap_threshold` bytes from its heap and keep up to
+    `trim_threshold` bytes of free heap top instead of returning them to the OS. Process-wide,
+    for all later allocations. True when applied; False where the C library is not glibc (macOS,
+    musl, Windows) or refuses the values: then nothing changed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+        if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl has a no-op mallopt
+            return False
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(
+        mallopt(M_TRIM_THRESHOLD, int(trim_threshold))
+    )
 
 
 def channels_last_convs(module) -> None:
@@ -162,13 +202,20 @@ class Variant:
         self.opt = torch.optim.AdamW(
             self.params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=fused
         )
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / tc.warmup_steps))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: min(1.0, (s + 1) / tc.warmup_steps)
+        )
         self.ema = make_ema(self.params, tc, foreach=bool(cfg.get("ema_foreach")))
         self.ema.to(self.device)
         self.bf16 = cfg["precision"] == "bf16"
         self.batch_size, self.grad_clip = tc.batch_size, tc.grad_clip
         data = shared_data(torch, self.num_tokens, self.token_dim, size)
-        self.images, self.tokens, self.mask, self.perm = data["images"], data["tokens"], data["mask"], data["perm"]
+        self.images, self.tokens, self.mask, self.perm = (
+            data["images"],
+            data["tokens"],
+            data["mask"],
+            data["perm"],
+        )
         self.position = 0
         self.sample_settings = recipe.sample
         self.compile_pending = cfg.get("compile") == "flow"  # after counting FLOPs (eager)
@@ -212,7 +259,9 @@ class Variant:
         with rf("## loss terms"):
             names = ("total", "fm", "enc", "kl", "ve_mu_std", "ve_sigma")  # the loop's TERMS
             values = [getattr(out, k, None) for k in names]
-            terms = torch.stack([out.total.new_zeros(()) if x is None else x.to(out.total.dtype) for x in values])
+            terms = torch.stack(
+                [out.total.new_zeros(()) if x is None else x.to(out.total.dtype) for x in values]
+            )
             terms = terms.detach().float()
         with rf("## grad clip"):
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or 1e9)
@@ -247,7 +296,11 @@ class Variant:
             out.total.backward()
         train = counter.get_total_flops()
         self.opt.zero_grad(set_to_none=True)
-        b = 2 * self.sample_settings.batch_size if self.sample_settings.cfg_scale != 1 else self.sample_settings.batch_size
+        b = (
+            2 * self.sample_settings.batch_size
+            if self.sample_settings.cfg_scale != 1
+            else self.sample_settings.batch_size
+        )
         x = torch.randn(b, *flow.latent_shape, device=self.device)
         counter = FlopCounterMode(display=False)
         with counter, torch.inference_mode(), self.autocast():
@@ -264,7 +317,9 @@ class Variant:
         was = flow.training
         flow.eval()
         gen = torch.Generator().manual_seed(0)
-        z0 = torch.randn(self.sample_settings.batch_size, *self.system.ve.latent_shape, generator=gen).to(self.device)
+        z0 = torch.randn(self.sample_settings.batch_size, *self.system.ve.latent_shape, generator=gen).to(
+            self.device
+        )
         with self.autocast():
             sample_latents(flow, z0, self.sample_settings)
         flow.train(was)
@@ -283,10 +338,14 @@ class Variant:
         events = prof.key_averages()
         step_us = next(e.cpu_time_total for e in events if e.key == "## step") / steps
         phases = {
-            e.key[3:]: e.cpu_time_total / steps / 1e3 for e in events if e.key.startswith("## ") and e.key != "## step"
+            e.key[3:]: e.cpu_time_total / steps / 1e3
+            for e in events
+            if e.key.startswith("## ") and e.key != "## step"
         }
         ops = sorted(
-            (e for e in events if not e.key.startswith("## ")), key=lambda e: e.self_cpu_time_total, reverse=True
+            (e for e in events if not e.key.startswith("## ")),
+            key=lambda e: e.self_cpu_time_total,
+            reverse=True,
         )
         top = [
             {
@@ -374,7 +433,32 @@ def _category(op: str) -> str:
     if op in ("aten::upsample_nearest2d", "aten::upsample_nearest2d_backward", "aten::cat"):
         return "upsample, cat"
     if op.startswith("aten::") and any(
-        k in op for k in ("silu", "gelu", "add", "mul", "sub", "div", "exp", "neg", "threshold", "clamp", "fill_", "sum", "mean", "norm", "lerp", "sqrt", "pow", "where", "masked", "zero_", "bernoulli", "normal", "rand")
+        k in op
+        for k in (
+            "silu",
+            "gelu",
+            "add",
+            "mul",
+            "sub",
+            "div",
+            "exp",
+            "neg",
+            "threshold",
+            "clamp",
+            "fill_",
+            "sum",
+            "mean",
+            "norm",
+            "lerp",
+            "sqrt",
+            "pow",
+            "where",
+            "masked",
+            "zero_",
+            "bernoulli",
+            "normal",
+            "rand",
+        )
     ):
         return "elementwise + reductions"
     return "other (autograd, python, small ops)"
@@ -398,6 +482,9 @@ def child_main(cfgs: list[dict], recipe_dict: dict) -> None:
     out = sys.stdout
     sys.stdout = sys.stderr  # only protocol lines on the pipe
     import torch
+
+    if os.environ.get("STEP_SPEED_MALLOPT"):
+        assert keep_freed_memory(), "mallopt refused"
 
     vs = [Variant(cfg, recipe_dict) for cfg in cfgs]
     reply = lambda obj: (out.write(json.dumps(obj) + "\n"), out.flush())  # noqa: E731
@@ -433,12 +520,20 @@ class Proc:
 
     def __init__(self, vs: list[dict], args: argparse.Namespace, logdir: Path) -> None:
         self.variants = vs
-        cfgs = [{"threads": args.threads, **{k: x for k, x in v.items() if k not in ("name", "ref", "env")}} for v in vs]
+        cfgs = [
+            {"threads": args.threads, **{k: x for k, x in v.items() if k not in ("name", "ref", "env")}}
+            for v in vs
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         env.update(vs[0].get("env", {}))
+        for key, value in env.items():
+            if value == "{fresh}":
+                env[key] = tempfile.mkdtemp(prefix="step_speed_cache_")
         self.log = open(logdir / f"{len(os.listdir(logdir))}.log", "w")
         cmd = [sys.executable, __file__, "--child", json.dumps(cfgs), "--recipe-json", args.recipe_json]
-        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        self.p = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
+        )
         self.ready = self.read()
 
     def read(self) -> dict:
@@ -599,13 +694,52 @@ def machine() -> dict:
 
     cpu = platform.processor()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split()
         isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx2") if f in flags]
     except (OSError, StopIteration):
         isa = []
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu
     return {"torch": torch.__version__, "device": dev, "cpu": cpu, "isa": isa, "cpu_count": os.cpu_count()}
+
+
+def summary(data: dict) -> list[str]:
+    """Before/after lines from the idle groups (the machine left to the benchmark), when measured."""
+    groups = data["groups"]
+    train, sample = groups.get("main idle"), groups.get("sample idle")
+    if not train or not sample:
+        return []
+    t = {r["name"]: r for r in train["variants"]}
+    s = {r["name"]: r for r in sample["variants"]}
+    before, after = t["bf16 before"], t["bf16 after"]
+    lines = [
+        "## Summary: before / after, idle machine",
+        "",
+        f"Groups `main idle` ({train['started']}) and `sample idle` ({sample['started']}); 2 threads, batch 64.",
+        "",
+        "| measure | before | after | after / before |",
+        "|---|---:|---:|---:|",
+        f"| training step, s (median, bf16 autocast) | {before['median_s']:.3f} | {after['median_s']:.3f} | "
+        f"{before['median_s'] / after['median_s']:.2f}x faster |",
+        f"| training step, GFLOP | {before['train_flops'] / 1e9:.1f} | {after['train_flops'] / 1e9:.1f} | |",
+        f"| share of the bf16 1024^2 matmul rate | {100 * before['fraction_of_matmul_rate']:.0f}% | "
+        f"{100 * after['fraction_of_matmul_rate']:.0f}% | |",
+    ]
+    for precision in ("fp32", "bf16"):
+        b, a = s.get(f"{precision} before"), s.get(f"{precision} after")
+        if b and a:
+            lines.append(
+                f"| sampling, images/s ({precision}; 20 Euler steps, CFG, batch 64) | {b['images_per_s']:.1f} | "
+                f"{a['images_per_s']:.1f} | {a['images_per_s'] / b['images_per_s']:.2f}x |"
+            )
+    lines += [
+        "",
+        "`crossflow sample` and the demo sample in fp32 (the fp32 row); bf16 sampling is measured for the",
+        'comparison only. Groups without "idle" in their name ran on a shared machine: read their ratios,',
+        "not their times.",
+        "",
+    ]
+    return lines
 
 
 def markdown(data: dict) -> str:
@@ -628,6 +762,7 @@ def markdown(data: dict) -> str:
         "This machine is shared (other jobs run on the same cores: see the load averages), so absolute times "
         "are inflated and vary; only the ratios within one group are comparable.",
         "",
+        *summary(data),
     ]
     for group, g in data["groups"].items():
         load = [round(x[0], 1) for x in g["loadavg"]]
@@ -666,27 +801,43 @@ def markdown(data: dict) -> str:
     if prof:
         lines += ["## profile (torch.profiler, CPU self time per step)", ""]
         names = [k for k in prof if k != "loadavg"]
-        cats = sorted({c for n in names for c in prof[n]["categories_ms"]}, key=lambda c: -prof[names[0]]["categories_ms"].get(c, 0))
-        lines += ["| category | " + " | ".join(f"{n} ms (%)" for n in names) + " |", "|---|" + "---:|" * len(names)]
+        cats = sorted(
+            {c for n in names for c in prof[n]["categories_ms"]},
+            key=lambda c: -prof[names[0]]["categories_ms"].get(c, 0),
+        )
+        lines += [
+            "| category | " + " | ".join(f"{n} ms (%)" for n in names) + " |",
+            "|---|" + "---:|" * len(names),
+        ]
         for c in cats:
             cells = []
             for n in names:
                 ms = prof[n]["categories_ms"].get(c, 0.0)
                 cells.append(f"{ms:.0f} ({100 * ms / prof[n]['step_ms']:.0f}%)")
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
-        lines.append("| **step (profiled)** | " + " | ".join(f"{prof[n]['step_ms']:.0f}" for n in names) + " |")
+        lines.append(
+            "| **step (profiled)** | " + " | ".join(f"{prof[n]['step_ms']:.0f}" for n in names) + " |"
+        )
         lines += ["", "Loop phases (ms per step, inclusive):", ""]
         phases = list(prof[names[0]]["phases_ms"])
         lines += ["| phase | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for ph in phases:
-            lines.append(f"| {ph} | " + " | ".join(f"{prof[n]['phases_ms'].get(ph, 0):.0f}" for n in names) + " |")
+            lines.append(
+                f"| {ph} | " + " | ".join(f"{prof[n]['phases_ms'].get(ph, 0):.0f}" for n in names) + " |"
+            )
         lines += ["", "Networks alone (forward + backward, ms, median):", ""]
         comps = list(prof[names[0]]["components_ms"])
         lines += ["| part | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for c in comps:
             lines.append(f"| {c} | " + " | ".join(f"{prof[n]['components_ms'][c]:.0f}" for n in names) + " |")
         for n in names:
-            lines += ["", f"Top ops, {n}:", "", "| op | self ms/step | % of step | calls/step |", "|---|---:|---:|---:|"]
+            lines += [
+                "",
+                f"Top ops, {n}:",
+                "",
+                "| op | self ms/step | % of step | calls/step |",
+                "|---|---:|---:|---:|",
+            ]
             for o in prof[n]["top_ops"][:15]:
                 lines.append(f"| `{o['op'][:70]}` | {o['self_ms']:.1f} | {o['pct']:.1f}% | {o['calls']} |")
         load = [round(x[0], 1) for x in prof["loadavg"]]
@@ -700,7 +851,9 @@ def markdown(data: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", default="main,runtime,compile,sample,profile")
-    parser.add_argument("--variants", default="", help="comma-separated variant names to keep (+ the reference)")
+    parser.add_argument(
+        "--variants", default="", help="comma-separated variant names to keep (+ the reference)"
+    )
     parser.add_argument("--rounds", type=int, default=10, help="timed training steps per variant")
     parser.add_argument("--sample-rounds", type=int, default=3, help="timed sampling calls per variant")
     parser.add_argument("--warm", type=int, default=3, help="warm-up steps per variant")
@@ -717,7 +870,9 @@ def main() -> None:
         return
     from crossflow_core.recipe import load_recipe
 
-    recipe = load_recipe("shapes", args.set)  # once: every child builds from this (the file may change meanwhile)
+    recipe = load_recipe(
+        "shapes", args.set
+    )  # once: every child builds from this (the file may change meanwhile)
     fd, args.recipe_json = tempfile.mkstemp(prefix="step_speed_recipe_", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(recipe.to_dict(), f)
@@ -729,8 +884,12 @@ def main() -> None:
         "overrides": args.set,
         "batch_size": recipe.train.batch_size,
         "model": recipe.to_dict()["model"],
-        "sample": {"steps": recipe.sample.steps, "solver": recipe.sample.solver,
-                   "cfg_scale": recipe.sample.cfg_scale, "batch_size": recipe.sample.batch_size},
+        "sample": {
+            "steps": recipe.sample.steps,
+            "solver": recipe.sample.solver,
+            "cfg_scale": recipe.sample.cfg_scale,
+            "batch_size": recipe.sample.batch_size,
+        },
         "threads": args.threads,
     }
     try:
