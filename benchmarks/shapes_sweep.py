@@ -52,31 +52,37 @@ def write_captions(path: Path, num_samples: int) -> None:
 
 
 def evaluate(
-    system, table, index, device, cfg_scales, seeds=4, steps=20, grid: Path | None = None
+    system, table, index, device, cfg_scales, seeds=4, steps=20, grid: Path | None = None, taus=(1.0,)
 ) -> dict[str, float]:
     """Every colour x shape prompt (the demo's) x `seeds`: the share drawn right with nothing else
     in the image (`score_alone`, the demo's rule) per CFG scale, and `loose_cfg*` (extra objects
-    allowed, GenEval's colors rule)."""
+    allowed, GenEval's colors rule). `taus`: z0 = mu + tau * sigma * eps (keys `tau{tau}_...` for
+    tau != 1)."""
     specs = single_object_specs()
     ids = torch.tensor([index[s.prompt] for s in specs]).repeat(seeds)
     tokens, mask = table["tokens"][ids].float().to(device), table["mask"][ids].bool().to(device)
     noise = seeded_noise(system.ve.latent_shape, list(range(len(ids)))).to(device)
     out = {}
     with torch.inference_mode():
-        z0 = system.ve(SourceBatch(tokens, mask), noise=noise).z0
-        for scale in cfg_scales:
-            x = sample_latents(system.flow, z0, SampleSettings(steps=steps, cfg_scale=float(scale)))
-            imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-            out[f"cfg{scale}"] = float(np.mean([score_alone(imgs[i], specs[i % len(specs)]).correct
-                                                for i in range(len(ids))]))
-            out[f"loose_cfg{scale}"] = float(np.mean([score(imgs[i], specs[i % len(specs)]).correct
-                                                      for i in range(len(ids))]))
-            if grid is not None:
-                from torchvision.utils import save_image
+        for tau in taus:
+            z0 = system.ve(SourceBatch(tokens, mask), noise=float(tau) * noise).z0
+            prefix = "" if float(tau) == 1.0 else f"tau{tau}_"
+            for scale in cfg_scales:
+                x = sample_latents(system.flow, z0, SampleSettings(steps=steps, cfg_scale=float(scale)))
+                imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+                alone = [score_alone(imgs[i], specs[i % len(specs)]).correct for i in range(len(ids))]
+                loose = [score(imgs[i], specs[i % len(specs)]).correct for i in range(len(ids))]
+                out[f"{prefix}cfg{scale}"] = float(np.mean(alone))
+                out[f"{prefix}loose_cfg{scale}"] = float(np.mean(loose))
+                if grid is not None:
+                    from torchvision.utils import save_image
 
-                save_image(
-                    (x[: len(specs)].float().cpu() + 1) / 2, f"{grid}_cfg{scale}.png", nrow=3, padding=1
-                )
+                    save_image(
+                        (x[: len(specs)].float().cpu() + 1) / 2,
+                        f"{grid}_{prefix}cfg{scale}.png",
+                        nrow=3,
+                        padding=1,
+                    )
     return out
 
 
@@ -143,7 +149,8 @@ def run(config: dict, table, index, images, cap_ids, device) -> dict:
         if due or (not budget and step in config.get("eval_at", [tc.steps])):
             grid = Path(config["grids"]) / f"{config['name']}_{step}" if config.get("grids") else None
             ema.copy_to(ema_model.parameters())
-            acc = evaluate(ema_model, table, index, device, config.get("cfg_scales", [1.0, 3.0]), grid=grid)
+            acc = evaluate(ema_model, table, index, device, config.get("cfg_scales", [1.0, 3.0]), grid=grid,
+                           taus=config.get("taus", [1.0]))
             results.append(
                 {
                     "step": step,

@@ -52,6 +52,13 @@ OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output directory f
 StepsOption = Annotated[int | None, typer.Option(help="ODE steps (default: the recipe's sample.steps).")]
 SolverOption = Annotated[str | None, typer.Option(help="euler | heun (default: the recipe's).")]
 CfgOption = Annotated[float | None, typer.Option("--cfg-scale", help="Guidance scale; 1 = no guidance.")]
+TemperatureOption = Annotated[
+    float | None,
+    typer.Option(
+        help="z0 = mu + temperature * sigma * eps: 1 = as trained, lower = less varied, more faithful "
+        "outputs (default: the recipe's sample.temperature)."
+    ),
+]
 SeedOption = Annotated[int, typer.Option(help="Seed of the first sample; sample i uses seed + i.")]
 BatchOption = Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")]

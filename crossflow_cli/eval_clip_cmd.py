@@ -18,6 +18,7 @@ from crossflow_cli.common import (
     SaveImagesOption,
     SolverOption,
     StepsOption,
+    TemperatureOption,
     user_errors,
 )
 from crossflow_cli.eval_common import emit, flag_errors, stage_progress
@@ -52,6 +53,7 @@ def clip_command(
     clip: ClipOption = "openai/clip-vit-base-patch32",
     steps: StepsOption = None,
     cfg_scale: CfgOption = None,
+    temperature: TemperatureOption = None,
     solver: SolverOption = None,
     seed: PromptSeedOption = 0,
     batch_size: ImageBatchOption = 64,
@@ -66,7 +68,7 @@ def clip_command(
 
     if (model is None) == (images is None):
         raise CrossflowError("pass either --model RUN (generate) or --images DIR (score saved images)")
-    sampling = SamplingOptions(steps, cfg_scale, solver, seed, batch_size, device)
+    sampling = SamplingOptions(steps, cfg_scale, solver, seed, batch_size, device, temperature)
     request = ClipRequest(clip, prompts, images, model, sampling, save_images)
     with stage_progress(json_out) as progress, flag_errors(WORDING):
         results = evaluate_clip(request, progress)

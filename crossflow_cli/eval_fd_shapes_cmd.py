@@ -18,6 +18,7 @@ from crossflow_cli.common import (
     SaveImagesOption,
     SolverOption,
     StepsOption,
+    TemperatureOption,
     WorldSeedOption,
     user_errors,
 )
@@ -44,6 +45,7 @@ def fd_shapes_command(
     weights: WeightsOption = None,
     steps: StepsOption = None,
     cfg_scale: CfgOption = None,
+    temperature: TemperatureOption = None,
     solver: SolverOption = None,
     seed: PromptSeedOption = 0,
     batch_size: ImageBatchOption = 64,
@@ -61,7 +63,7 @@ def fd_shapes_command(
         raise CrossflowError("with --model, pass at most one image source (the reference B)")
     if model is None and (a is None or b is None):
         raise CrossflowError("pass two image sources A B (folders or shapes:train / shapes:test), or --model")
-    sampling = SamplingOptions(steps, cfg_scale, solver, seed, batch_size, device)
+    sampling = SamplingOptions(steps, cfg_scale, solver, seed, batch_size, device, temperature)
     request = FdShapesRequest(a, b, model, n, image_size, weights, sampling, world_seed, save_images)
     with stage_progress(json_out) as progress:
         results = evaluate_fd_shapes(request, progress)

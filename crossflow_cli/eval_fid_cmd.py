@@ -22,6 +22,7 @@ from crossflow_cli.common import (
     SaveImagesOption,
     SolverOption,
     StepsOption,
+    TemperatureOption,
     console,
     user_errors,
 )
@@ -70,6 +71,7 @@ def fid_command(
     prompts: PromptsOption = None,
     steps: StepsOption = None,
     cfg_scale: CfgOption = None,
+    temperature: TemperatureOption = None,
     solver: SolverOption = None,
     seed: FidSeedOption = 0,
     save_images: SaveImagesOption = None,
@@ -94,7 +96,7 @@ def fid_command(
         b=sources[-1], a=None if generating else sources[0], weights=weights, metrics=wanted,
         batch_size=batch_size, kid_subset_size=kid_subset_size, feature_layer=feature_layer, nfe=nfe,
         cache=cache, model=model, prompts=prompts, save_images=save_images,
-        sampling=SamplingOptions(steps, cfg_scale, solver, seed, batch_size=64),
+        sampling=SamplingOptions(steps, cfg_scale, solver, seed, batch_size=64, temperature=temperature),
     )  # fmt: skip
     with stage_progress(json_out) as progress, flag_errors(WORDING):
         results = evaluate_fid(request, progress)

@@ -19,6 +19,7 @@ from crossflow_cli.common import (
     PromptSeedOption,
     SolverOption,
     StepsOption,
+    TemperatureOption,
     console,
     err_console,
     user_errors,
@@ -54,6 +55,7 @@ def geneval_command(
     n_samples: NSamplesOption = 4,
     steps: StepsOption = None,
     cfg_scale: CfgOption = None,
+    temperature: TemperatureOption = None,
     solver: SolverOption = None,
     seed: PromptSeedOption = 0,
     batch_size: ImageBatchOption = 64,
@@ -71,7 +73,7 @@ def geneval_command(
     from crossflow_core.eval.generate import SamplingOptions
     from crossflow_core.eval.tasks import GenevalRequest, run_geneval
 
-    sampling = SamplingOptions(steps, cfg_scale, solver, seed, batch_size, device)
+    sampling = SamplingOptions(steps, cfg_scale, solver, seed, batch_size, device, temperature)
     request = GenevalRequest(
         str(model), metadata, out, n_samples, sampling, grid, score, geneval_repo, detector
     )

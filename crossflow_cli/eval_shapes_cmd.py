@@ -18,6 +18,7 @@ from crossflow_cli.common import (
     ResultsOutOption,
     SolverOption,
     StepsOption,
+    TemperatureOption,
     WorldSeedOption,
     user_errors,
 )
@@ -41,6 +42,7 @@ def shapes_command(
     n_samples: NSamplesOption = 1,
     steps: StepsOption = None,
     cfg_scale: CfgOption = None,
+    temperature: TemperatureOption = None,
     solver: SolverOption = None,
     seed: PromptSeedOption = 0,
     batch_size: ImageBatchOption = 64,
@@ -56,7 +58,7 @@ def shapes_command(
 
     if (model is None) == (images is None):
         raise CrossflowError("pass either --model RUN (generate) or --images DIR (a GenEval layout)")
-    sampling = SamplingOptions(steps, cfg_scale, solver, seed, batch_size, device)
+    sampling = SamplingOptions(steps, cfg_scale, solver, seed, batch_size, device, temperature)
     request = ShapesRequest(model, images, per_category, n_samples, sampling, world_seed, save_images)
     with stage_progress(json_out) as progress:
         results = evaluate_shapes(request, progress)

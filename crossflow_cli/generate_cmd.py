@@ -17,6 +17,7 @@ from crossflow_cli.common import (
     SeedOption,
     SolverOption,
     StepsOption,
+    TemperatureOption,
     console,
     user_errors,
 )
@@ -70,6 +71,7 @@ def sample_command(
     steps: StepsOption = None,
     solver: SolverOption = None,
     cfg_scale: CfgOption = None,
+    temperature: TemperatureOption = None,
     seed: SeedOption = 0,
     batch_size: BatchOption = 64,
     device: DeviceOption = None,
@@ -79,7 +81,13 @@ def sample_command(
         raise CrossflowError(f"--n must be at least 1, got {n}")
     pipe = load_model(model, device)
     settings = _settings(
-        pipe, steps=steps, solver=solver, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size
+        pipe,
+        steps=steps,
+        solver=solver,
+        cfg_scale=cfg_scale,
+        temperature=temperature,
+        seed=seed,
+        batch_size=batch_size,
     )
     expanded = [p for p in items for _ in range(n)]
     with console.status(f"sampling {len(expanded)} images ({pipe.nfe(settings)} NFE each)"):
@@ -114,6 +122,8 @@ def _check_start_option(start: str) -> None:
 
     if start not in START_MODES:
         raise CrossflowError(f"--start: invalid choice {start!r}; expected one of: {', '.join(START_MODES)}")
+
+
 StartSeedOption = Annotated[int, typer.Option(help="Seed of eps for --start sample (shared by every image).")]
 
 

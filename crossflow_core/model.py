@@ -241,6 +241,8 @@ def build_flow_model(
             attention=tuple(cfg.unet_attention),
             head_dim=cfg.unet_head_dim,
             cond_channels=cond_channels,
+            global_read=cfg.unet_global_read,
+            time_modulation=cfg.unet_time_modulation,
         )
     size = resolve_size(cfg)
     return FlowTransformer(

@@ -49,7 +49,10 @@ class CrossFlowPipeline:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         recipe, spec = exported.index.recipe, exported.index.source.get("spec", {})
         source, target = build_codecs(
-            recipe.source, recipe.target, device=dev, token_dim=spec.get("token_dim"),
+            recipe.source,
+            recipe.target,
+            device=dev,
+            token_dim=spec.get("token_dim"),
             image_size=exported.index.image_size,
         )
         if exported.target is not None:
@@ -79,8 +82,11 @@ class CrossFlowPipeline:
         return (1 if settings.cfg_scale == 1.0 else 2) * nfe(settings.solver, settings.steps)
 
     @torch.inference_mode()
-    def encode(self, inputs: Sequence[Any], seeds: list[int] | None = None) -> VEOutput:
-        """VE output for raw inputs: z0 = mu + sigma * eps_seed (z0 = mu when `seeds` is None)."""
+    def encode(
+        self, inputs: Sequence[Any], seeds: list[int] | None = None, temperature: float = 1.0
+    ) -> VEOutput:
+        """VE output for raw inputs: z0 = mu + temperature * sigma * eps_seed (z0 = mu when `seeds`
+        is None)."""
         source = self.source.encode(list(inputs), self.device)
         shape = self.ve.noise_shape(source)
         if shape is None:
@@ -88,7 +94,7 @@ class CrossFlowPipeline:
         if seeds is None:
             noise = torch.zeros(len(inputs), *shape, device=self.device)
         else:
-            noise = seeded_noise(shape, seeds).to(self.device)
+            noise = (float(temperature) * seeded_noise(shape, seeds)).to(self.device)
         return self.ve(source, noise=noise)
 
     @torch.inference_mode()
@@ -131,7 +137,8 @@ class CrossFlowPipeline:
         out = []
         for start in range(0, len(inputs), settings.batch_size):
             chunk = list(inputs[start : start + settings.batch_size])
-            enc = self.encode(chunk, [settings.seed + start + i for i in range(len(chunk))])
+            seeds = [settings.seed + start + i for i in range(len(chunk))]
+            enc = self.encode(chunk, seeds, settings.temperature)
             out.append(self.decode(sample_latents(self.flow, enc.z0, settings, enc.cond)))
             if progress is not None:
                 progress(start + len(chunk), len(inputs))

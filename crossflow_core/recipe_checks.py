@@ -179,6 +179,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.log_every", lambda v: v >= 1, _POSITIVE),
     ("sample.steps", lambda v: v >= 1, _POSITIVE),
     ("sample.batch_size", lambda v: v >= 1, _POSITIVE),
+    ("sample.temperature", lambda v: 0 <= v < float("inf"), "must be a number >= 0 (1 = the trained z0)"),
 )
 
 

@@ -191,6 +191,10 @@ class ModelConfig:
     unet_layers: int = 1  # residual blocks per level on the way down (one more on the way up)
     unet_attention: tuple[bool, ...] = (False, False, True)  # self-attention at each level
     unet_head_dim: int = 32  # channels per attention head
+    unet_global_read: bool = False  # a Linear over all of x_t added to the time embedding (unet.py)
+    # how the time (+ indicator, + global read) embedding enters each residual block: "add" a
+    # per-channel bias, or "scale_shift" the normalised features (AdaGN)
+    unet_time_modulation: Literal["add", "scale_shift"] = "add"
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,9 @@ class SampleConfig:
     cfg_scale: float = 7.0
     batch_size: int = 64
     seed: int = 0  # input i of a call is drawn with seed + i
+    # z0 = mu + temperature * sigma * eps: 1 draws from the distribution the flow was trained on;
+    # lower trades the diversity of the outputs for fidelity to the input (0: z0 = mu)
+    temperature: float = 1.0
     prompts: tuple[str, ...] = ()  # prompts of the periodic sample grids (text sources)
 
     def with_overrides(self, **values: Any) -> SampleConfig:

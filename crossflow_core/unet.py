@@ -6,6 +6,12 @@ conditioning is the time t and the CFG indicator (1 = the target belongs to the 
 0 = unconditional pair), a learned 2-way embedding added to the time embedding
 (`num_class_embeds=2`, the same design as the official DiT variant's indicator).
 
+`global_read` (model.unet_global_read): a Linear over the whole flattened input x_t, added to the
+time embedding, so every residual block sees a global summary of x_t from the first layer on (a
+DiT has this through attention; the U-Net's first levels only see 3x3 neighbourhoods, while the
+VE spreads the text over z0 with no spatial layout). It reads x_t, never the text: the network
+stays v(x_t, t), and the size of x is then fixed to the latent shape.
+
 Time convention: t in [0, 1], t = 0 the source (text latent), t = 1 the target (image latent);
 the U-Net's sinusoidal time features see 1000*t, as the DiT's do.
 
@@ -123,6 +129,8 @@ class FlowUNet(nn.Module):
         attention: tuple[bool, ...] = (False, False, True),
         head_dim: int = 32,
         cond_channels: int = 0,
+        global_read: bool = False,
+        time_modulation: str = "add",
     ) -> None:
         super().__init__()
         from diffusers import UNet2DModel
@@ -134,7 +142,11 @@ class FlowUNet(nn.Module):
             attention=list(attention),
             head_dim=head_dim,
             cond_channels=cond_channels,
+            global_read=global_read,
+            time_modulation=time_modulation,
         )
+        if time_modulation not in ("add", "scale_shift"):
+            raise CrossflowError(f"unknown time_modulation {time_modulation!r}; use add or scale_shift")
         unet_channels, unet_attention = tuple(channels), tuple(attention)
         channels, height, width = latent_shape
         levels = len(unet_channels)
@@ -157,8 +169,21 @@ class FlowUNet(nn.Module):
             up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(unet_attention)),
             attention_head_dim=head_dim,
             norm_num_groups=_norm_groups(unet_channels),
-            num_class_embeds=2,
+            # with a global read the indicator embedding and the read are summed here and added
+            # to the time embedding through diffusers' "identity" class embedding
+            num_class_embeds=None if global_read else 2,
+            class_embed_type="identity" if global_read else None,
+            # "add": the embedding is a per-channel bias in each residual block; "scale_shift":
+            # it scales and shifts the block's normalised features (AdaGN)
+            resnet_time_scale_shift="default" if time_modulation == "add" else "scale_shift",
         )
+        self.global_read: nn.Linear | None = None
+        if global_read:
+            embed_dim = 4 * unet_channels[0]  # UNet2DModel's time embedding width
+            self.indicator_embedding = nn.Embedding(2, embed_dim)
+            self.global_read = nn.Linear(channels * height * width, embed_dim)
+            nn.init.zeros_(self.global_read.weight)  # starts as the plain U-Net
+            nn.init.zeros_(self.global_read.bias)
         self.set_attention("auto")
 
     def set_attention(self, kernel: str) -> None:
@@ -174,6 +199,9 @@ class FlowUNet(nn.Module):
 
     def accepts(self, height: int, width: int) -> str | None:
         """None when a latent of this size can pass the network, else why not."""
+        if self.global_read is not None and (height, width) != self.latent_shape[1:]:
+            size = "x".join(map(str, self.latent_shape[1:]))
+            return f"its global read (model.unet_global_read) takes {size} latents only"
         if height % self.factor or width % self.factor:
             halvings = self.factor.bit_length() - 1
             return f"its sides must be multiples of {self.factor} (the U-Net halves them {halvings} times)"
@@ -188,6 +216,12 @@ class FlowUNet(nn.Module):
                 f"a {h}x{w} latent cannot pass {self.factor}x downsampling: "
                 f"its sides must be multiples of {self.factor}"
             )
+        if self.global_read is not None:
+            if (h, w) != self.latent_shape[1:]:
+                raise CrossflowError(f"a {h}x{w} latent cannot pass this U-Net: {self.accepts(h, w)}")
+            labels = self.indicator_embedding(indicator.long()) + self.global_read(x.flatten(1))
+        else:
+            labels = indicator.long()
         if self.cond_channels:
             x = torch.cat([x, cond.to(x.dtype)], dim=1)
-        return self.unet(x, 1000.0 * t, class_labels=indicator.long()).sample
+        return self.unet(x, 1000.0 * t, class_labels=labels).sample

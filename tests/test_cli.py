@@ -150,6 +150,11 @@ def test_arith_and_interp_start_modes(trained_run, tmp_path):
         (["sample", "--model", "{run}", "x", "--solver", "rk_9"], 2, "--solver: invalid choice 'rk_9'"),
         (["sample", "--model", "{run}", "x", "--steps", "0"], 2, "--steps=0 must be > 0"),
         (["sample", "--model", "{run}", "x", "--batch-size", "0"], 2, "--batch-size=0 must be > 0"),
+        (
+            ["sample", "--model", "{run}", "x", "--temperature", "-1"],
+            2,
+            "--temperature=-1.0 must be a number >= 0",
+        ),
         (["sample", "--model", "{run}"], 2, "no prompts"),
         (["sample", "--model", "/nonexistent/run", "x"], 2, "does not exist"),
         (["interp", "--model", "{run}", "a", "b", "--frames", "1"], 2, "--frames must be at least 2"),

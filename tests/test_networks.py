@@ -96,8 +96,19 @@ def test_flow_starts_at_zero_and_batched_equals_single():
             3e-3,
             150,
         ),
+        (
+            ModelConfig(
+                arch="unet",
+                unet_channels=(8, 16),
+                unet_attention=(False, True),
+                unet_head_dim=8,
+                unet_global_read=True,
+            ),
+            3e-3,
+            150,
+        ),
     ],
-    ids=["dit", "unet"],
+    ids=["dit", "unet", "unet_global_read"],
 )
 def test_flow_learns_a_constant_velocity_field(cfg, lr, steps):
     """A short fit of v(x, t) = x1 - x0 for a fixed pair; the learnt ODE lands near x1."""

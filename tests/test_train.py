@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,16 @@ def test_export_load_gives_identical_samples(tiny_overrides, tiny_data, tmp_path
     torch.testing.assert_close(first, single, atol=1e-5, rtol=0)
     other_seed = pipe.generate(prompts, SampleSettings(steps=3, solver="heun", cfg_scale=2.0, seed=8))
     assert not torch.equal(first, other_seed)
+    # sample.temperature scales the VE's noise: z0 - mu is linear in it, 0 gives z0 = mu for any seed
+    seeds = [7, 8, 9]
+    mu = pipe.encode(prompts).z0
+    for tau in (0.0, 0.5):
+        z0 = pipe.encode(prompts, seeds, temperature=tau).z0
+        torch.testing.assert_close(z0 - mu, tau * (pipe.encode(prompts, seeds).z0 - mu), atol=1e-6, rtol=0)
+    cold = SampleSettings(steps=3, solver="heun", cfg_scale=2.0, seed=7, temperature=0.0)
+    cold_other_seed = dataclasses.replace(cold, seed=8)
+    assert torch.equal(pipe.generate(prompts, cold), pipe.generate(prompts, cold_other_seed))
+    assert not torch.equal(pipe.generate(prompts, cold), first)
     # the exported weights are the EMA weights of the final checkpoint
     groups, _ = final_groups(tmp_path / "run")
     ema = groups["ema"]
@@ -272,6 +283,7 @@ def test_sample_settings_are_the_recipe_sample_section(tiny_overrides):
         "cfg_scale": defaults.cfg_scale,
         "batch_size": defaults.batch_size,
         "seed": defaults.seed,
+        "temperature": defaults.temperature,
     }
     with pytest.raises(
         RecipeError, match="sample.solver: invalid choice 'rk9'; expected one of: euler, heun"
@@ -281,6 +293,9 @@ def test_sample_settings_are_the_recipe_sample_section(tiny_overrides):
         SampleSettings(steps=0).check()
     with pytest.raises(RecipeError, match=r"sample.batch_size=0 must be > 0"):
         SampleSettings(batch_size=0).check()
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(RecipeError, match=r"sample.temperature=.* must be a number >= 0"):
+            SampleSettings(temperature=bad).check()
 
 
 def test_runs_with_different_mixed_precision_in_one_process(tiny_overrides, tiny_data, tmp_path):

@@ -25,6 +25,8 @@ def test_the_recipe_arch_picks_the_network():
         attention=[False, True],
         head_dim=8,
         cond_channels=0,
+        global_read=False,
+        time_modulation="add",
     )
     assert isinstance(build_flow_model(ModelConfig(width=32, depth=1, heads=2), (3, 16, 16)), FlowTransformer)
     assert load_recipe("shapes").model.arch == "unet"
@@ -74,3 +76,56 @@ def test_unet_refuses_latents_its_levels_cannot_halve():
     assert model(torch.randn(1, 3, 8, 10), torch.rand(1), ind).shape == (1, 3, 8, 10)
     with pytest.raises(CrossflowError, match="a 7x10 latent cannot pass 2x downsampling"):
         model(torch.randn(1, 3, 7, 10), torch.rand(1), ind)
+
+
+def _with_read_of(plain: FlowUNet) -> FlowUNet:
+    """A global-read U-Net carrying `plain`'s weights (its indicator embedding moved over)."""
+    read = FlowUNet(plain.latent_shape, **UNET_ARGS, global_read=True).eval()
+    weights = {k: v for k, v in plain.state_dict().items() if not k.startswith("unet.class_embedding")}
+    missing, unexpected = read.load_state_dict(weights, strict=False)
+    assert not unexpected and sorted(missing) == [
+        "global_read.bias",
+        "global_read.weight",
+        "indicator_embedding.weight",
+    ]
+    read.indicator_embedding.weight.data.copy_(plain.unet.class_embedding.weight.data)
+    return read
+
+
+def test_global_read_starts_as_the_plain_unet_then_reads_all_of_x():
+    """model.unet_global_read: zero-initialised, the network is exactly the plain U-Net (the
+    indicator enters the same way); once trained, the output depends on x through the read."""
+    torch.manual_seed(0)
+    latent = (3, 16, 16)
+    plain = FlowUNet(latent, **UNET_ARGS).eval()
+    for p in plain.parameters():  # break diffusers' zero-initialised output conv
+        p.data.add_(0.05 * torch.randn_like(p))
+    read = _with_read_of(plain)
+    x, t, ind = torch.randn(3, *latent), torch.rand(3), torch.tensor([1, 0, 1])
+    torch.testing.assert_close(read(x, t, ind), plain(x, t, ind))
+    torch.nn.init.normal_(read.global_read.weight, std=0.05)
+    out = read(x, t, ind)
+    assert not torch.allclose(out, plain(x, t, ind), atol=1e-4)
+    # the read is per sample: batched equals single
+    single = torch.cat([read(x[i : i + 1], t[i : i + 1], ind[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(out, single, atol=1e-5, rtol=1e-4)
+    # the added term is exactly W @ flatten(x) + b in the time embedding: zeroing x's read
+    # contribution by a matching bias gives the plain network back
+    with torch.no_grad():
+        read.global_read.bias.copy_(-(read.global_read.weight @ x[0].flatten()))
+    torch.testing.assert_close(
+        read(x[:1], t[:1], ind[:1]), plain(x[:1], t[:1], ind[:1]), atol=1e-5, rtol=1e-4
+    )
+    assert not torch.allclose(read(x[1:2], t[1:2], ind[1:2]), plain(x[1:2], t[1:2], ind[1:2]), atol=1e-4)
+
+
+def test_global_read_fixes_the_latent_size():
+    model = FlowUNet((3, 16, 16), **UNET_ARGS, global_read=True)
+    assert model.accepts(16, 16) is None
+    assert "global read" in model.accepts(8, 8)
+    ind = torch.ones(1, dtype=torch.long)
+    with pytest.raises(CrossflowError, match="takes 16x16 latents only"):
+        model(torch.randn(1, 3, 8, 8), torch.rand(1), ind)
+    assert build_flow_model(
+        ModelConfig(**{**UNET.__dict__, "unet_global_read": True}), (3, 16, 16)
+    ).init_args["global_read"]

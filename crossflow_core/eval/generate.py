@@ -124,6 +124,7 @@ def sample_settings(
     seed: int = 0,
     batch_size: int = 64,
     solver: str | None = None,
+    temperature: float | None = None,
 ) -> SampleSettings:
     """Settings for evaluation: given values, else the model recipe's `sample` section, else
     `SampleSettings` defaults (pipelines without a recipe, e.g. test doubles)."""
@@ -132,7 +133,12 @@ def sample_settings(
     recipe = getattr(getattr(getattr(pipeline, "config", None), "recipe", None), "sample", None)
     base = recipe if isinstance(recipe, SampleSettings) else SampleSettings()
     return base.with_overrides(
-        steps=steps, solver=solver, cfg_scale=cfg_scale, seed=int(seed), batch_size=int(batch_size)
+        steps=steps,
+        solver=solver,
+        cfg_scale=cfg_scale,
+        seed=int(seed),
+        batch_size=int(batch_size),
+        temperature=temperature,
     )
 
 
@@ -151,6 +157,7 @@ class SamplingOptions:
     seed: int = 0
     batch_size: int = 64
     device: str | None = None
+    temperature: float | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +172,9 @@ class LoadedModel:
     def load(cls, model: str | Path, options: SamplingOptions | None = None) -> LoadedModel:
         o = options or SamplingOptions()
         pipeline = load_pipeline(model, o.device)
-        settings = sample_settings(pipeline, o.steps, o.cfg_scale, o.seed, o.batch_size, o.solver)
+        settings = sample_settings(
+            pipeline, o.steps, o.cfg_scale, o.seed, o.batch_size, o.solver, o.temperature
+        )
         return cls(pipeline, settings, model_name(model))
 
     def images(
