@@ -110,8 +110,8 @@ _START_HELP = (
     "per sample to the mean and std the model's own z0 = mu + sigma*eps have for these prompts "
     "(the training distribution; for a unit-std VE this is the official demo's standardisation). "
     "sample: the mix rescaled to the prompts' mu statistics plus the VE's sigma*eps drawn with "
-    "--seed (one prompt alone: its z0 in `crossflow sample --seed`). mu: the raw mix of means "
-    "(off the training distribution)."
+    "--seed, times --temperature (one prompt alone: its z0 in `crossflow sample --seed`). "
+    "mu: the raw mix of means (off the training distribution)."
 )
 StartOption = Annotated[str, typer.Option("--start", help=_START_HELP)]
 
@@ -139,6 +139,7 @@ def arith_command(
     steps: StepsOption = None,
     solver: SolverOption = None,
     cfg_scale: CfgOption = None,
+    temperature: TemperatureOption = None,
     device: DeviceOption = None,
 ) -> None:
     """Render each term, then the expression, each from the start --start gives."""
@@ -147,10 +148,14 @@ def arith_command(
     expr = parse_expression(expression)  # malformed: one line with a column, exit 2
     _check_start_option(start)
     pipe = load_model(model, device)
-    settings = _settings(pipe, steps=steps, solver=solver, cfg_scale=cfg_scale, seed=seed)
+    settings = _settings(
+        pipe, steps=steps, solver=solver, cfg_scale=cfg_scale, temperature=temperature, seed=seed
+    )
     unique, rows = expression_rows(expr)  # one row per term, then the expression
     enc = pipe.encode(unique)
-    images = pipe.generate_from_z0(start_latents(rows, enc.mu, enc.logvar, start, settings.seed), settings)
+    images = pipe.generate_from_z0(
+        start_latents(rows, enc.mu, enc.logvar, start, settings.seed, settings.temperature), settings
+    )
     texts = [term.text for term in expr.terms]
     record = {
         "expression": expression,
@@ -184,6 +189,7 @@ def interp_command(
     steps: StepsOption = None,
     solver: SolverOption = None,
     cfg_scale: CfgOption = None,
+    temperature: TemperatureOption = None,
     device: DeviceOption = None,
 ) -> None:
     """Frames along the line from prompt A's mu to prompt B's, each from the start --start gives."""
@@ -195,10 +201,14 @@ def interp_command(
         raise CrossflowError("both prompts need some text")
     _check_start_option(start)
     pipe = load_model(model, device)
-    settings = _settings(pipe, steps=steps, solver=solver, cfg_scale=cfg_scale, seed=seed)
+    settings = _settings(
+        pipe, steps=steps, solver=solver, cfg_scale=cfg_scale, temperature=temperature, seed=seed
+    )
     enc = pipe.encode([prompt_a, prompt_b])
     rows = interpolation_rows(frames)
-    images = pipe.generate_from_z0(start_latents(rows, enc.mu, enc.logvar, start, settings.seed), settings)
+    images = pipe.generate_from_z0(
+        start_latents(rows, enc.mu, enc.logvar, start, settings.seed, settings.temperature), settings
+    )
     record = {
         "prompts": [prompt_a, prompt_b],
         "frames": frames,

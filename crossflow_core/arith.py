@@ -278,11 +278,17 @@ def rescale(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 
 def start_latents(
-    weights: Tensor, mu: Tensor, logvar: Tensor | None, start: str = "standardized", seed: int = 0
+    weights: Tensor,
+    mu: Tensor,
+    logvar: Tensor | None,
+    start: str = "standardized",
+    seed: int = 0,
+    temperature: float = 1.0,
 ) -> Tensor:
     """ODE start latents [M, ...] for combinations weights [M, K] of prompts with VE moments
     mu, logvar [K, ...] (logvar None: a deterministic VE, sigma = 0); `start` one of START_MODES,
-    `seed` seeds eps for "sample" (one eps shared by all M rows, as `seeded_noise`)."""
+    `seed` seeds eps for "sample" (one eps shared by all M rows, as `seeded_noise`), scaled by
+    `temperature` as `crossflow sample` scales it (sample.temperature)."""
     check_start(start)
     if weights.dim() != 2 or mu.dim() < 2 or weights.shape[1] != mu.shape[0]:
         raise CrossflowError(
@@ -306,5 +312,5 @@ def start_latents(
 
             sigma = (share @ logvar.reshape(mu.shape[0], -1).double().exp()).sqrt()  # [M, D]
             eps = seeded_noise(tuple(mu.shape[1:]), [seed]).to(mu.device).double().reshape(1, -1)
-            combined = combined + sigma * eps
+            combined = combined + float(temperature) * sigma * eps
     return combined.to(mu.dtype).reshape(w.shape[0], *mu.shape[1:])

@@ -296,3 +296,17 @@ def test_start_errors_and_degenerate_inputs():
     # a constant sample rescales to the constant target mean (no division by zero)
     out = rescale(torch.full((2, 5), 3.0), torch.tensor([1.0, -2.0]), torch.tensor([2.0, 2.0]))
     assert out.tolist() == [[1.0] * 5, [-2.0] * 5]
+
+
+def test_sample_start_scales_its_noise_by_the_temperature():
+    """--start sample with sample.temperature T: the rescaled mix plus T * sigma * eps (linear in T;
+    T = 0 leaves the rescaled mix of means)."""
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4) * 0.3
+    rows = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    at = {t: start_latents(rows, mu, logvar, "sample", seed=3, temperature=t) for t in (0.0, 0.3, 1.0)}
+    torch.testing.assert_close(at[0.3] - at[0.0], 0.3 * (at[1.0] - at[0.0]), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(at[1.0], at[0.0])
+    # one prompt alone at T: its z0 = mu + T * sigma * eps_seed (the rescale is the identity)
+    eps = seeded_noise((3, 4, 4), [3])[0]
+    torch.testing.assert_close(at[0.3][0], mu[0] + 0.3 * (0.5 * logvar[0]).exp() * eps, atol=1e-5, rtol=1e-5)
