@@ -15,7 +15,7 @@ from crossflow_cli.common import console, err_console
 from crossflow_core.errors import CrossflowError
 from crossflow_core.eval.report import MetricResult, results_to_json, write_results
 
-SHOWN_SETTINGS = ("steps", "solver", "cfg_scale", "nfe", "n_samples", "clip", "weights_sha256")
+SHOWN_SETTINGS = ("steps", "solver", "cfg_scale", "temperature", "nfe", "n_samples", "clip", "weights_sha256")
 
 
 @contextlib.contextmanager
