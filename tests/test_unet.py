@@ -3,6 +3,8 @@ fit is in test_networks.py, shared with the DiT)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -126,6 +128,6 @@ def test_global_read_fixes_the_latent_size():
     ind = torch.ones(1, dtype=torch.long)
     with pytest.raises(CrossflowError, match="takes 16x16 latents only"):
         model(torch.randn(1, 3, 8, 8), torch.rand(1), ind)
-    assert build_flow_model(
-        ModelConfig(**{**UNET.__dict__, "unet_global_read": True}), (3, 16, 16)
-    ).init_args["global_read"]
+    assert build_flow_model(dataclasses.replace(UNET, unet_global_read=True), (3, 16, 16)).init_args[
+        "global_read"
+    ]
