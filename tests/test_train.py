@@ -309,3 +309,30 @@ def test_runs_with_different_mixed_precision_in_one_process(tiny_overrides, tiny
             f"train.mixed_precision={precision}",
         )
         assert result.step == 1 and (result.model_dir / "model_index.json").is_file()
+
+
+def test_previews_show_the_trained_flow_as_crossflow_sample_draws_it(tiny_overrides, tiny_data, tmp_path):
+    """Training previews: none in the VE-only phase (the flow is untrained there); the last one is
+    what `crossflow sample` draws from the exported model (seeds 0.., sample.temperature)."""
+    import numpy as np
+
+    from crossflow_core.image_files import read_image
+
+    prompts = ["a red circle", "a blue square"]
+    extra = [
+        "train.stage=two_stage", "train.ve_steps=2", "train.steps=4", "train.sample_every=1",
+        "sample.temperature=0.5", f"sample.prompts={prompts}",
+    ]
+    run(tiny_overrides, tiny_data, tmp_path / "run", *extra)
+    previews = sorted(p.name for p in (tmp_path / "run" / "samples").glob("step_*.png"))
+    assert previews == ["step_00000003.png", "step_00000004.png"]
+
+    grid = read_image(tmp_path / "run" / "samples" / "step_00000004.png").astype(int)
+    settings = load_recipe("shapes", [*tiny_overrides, *extra]).sample.with_overrides(seed=0)
+    drawn = CrossFlowPipeline.load(tmp_path / "run").generate(prompts, settings)
+    expected = (drawn * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy().astype(int)
+    for i in range(len(prompts)):  # torchvision's grid: 2-pixel padding around 32x32 cells
+        cell = grid[2:34, 2 + 34 * i : 34 + 34 * i]
+        assert np.abs(cell - expected[i]).max() <= 1
+    hot = CrossFlowPipeline.load(tmp_path / "run").generate(prompts, settings.with_overrides(temperature=1.0))
+    assert not torch.allclose(hot, drawn, atol=2 / 255)  # the temperature is what makes them agree

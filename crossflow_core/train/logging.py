@@ -91,11 +91,13 @@ class RunLogger:
     def sample_grid(self, step: int, system: Any, source: SourceBatch, target: TargetCodec,
                     settings: SampleConfig) -> Path:
         """Sample the fixed grid sources with seeds 0.. and the EMA weights into
-        RUN/samples/step_<step>.png."""
+        RUN/samples/step_<step>.png, as `crossflow sample` would (z0 = mu + temperature sigma eps)."""
         device = next(system.parameters()).device
         source = source.to(device)
         shape = system.ve.noise_shape(source)
-        noise = None if shape is None else seeded_noise(shape, list(range(len(source)))).to(device)
+        noise = None
+        if shape is not None:
+            noise = (float(settings.temperature) * seeded_noise(shape, list(range(len(source))))).to(device)
         enc = system.ve(source, noise=noise)
         images = target.decode(sample_latents(system.flow, enc.z0, settings, enc.cond))
         if not isinstance(images, torch.Tensor):  # e.g. captions: one line per grid source

@@ -171,6 +171,7 @@ def _accelerator(tc: TrainConfig) -> Accelerator:
         return Accelerator(**kwargs)
 
 
+FLOW_PHASES = ("joint", "flow")  # the phases that train the flow (previews are drawn in these)
 TERMS = ("total", "fm", "enc", "kl", "ve_mu_std", "ve_sigma")  # the last two: the VE's signal
 TARGET_TERMS = ("target", "target_acc")  # logged in the "target" phase of a trainable target codec
 
@@ -357,7 +358,8 @@ def train(
         if done % tc.log_every == 0 or done == tc.steps:
             logger.log(row)
         cb.on_step(done, tc.steps, row)
-        if grid is not None and done % tc.sample_every == 0:
+        # a preview shows the flow: none while it is not trained yet (VE or target pretraining)
+        if grid is not None and done % tc.sample_every == 0 and row["phase"] in FLOW_PHASES:
             logger.sample_grid(done, _ema_system(run), grid, data.target, recipe.sample)
         if run.checkpointer.due(done, final=done == tc.steps):
             _save(run, done)
