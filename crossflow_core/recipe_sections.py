@@ -217,6 +217,9 @@ class TrainConfig:
     weight_decay: float = 0.03
     betas: tuple[float, float] = (0.9, 0.9)
     warmup_steps: int = 100  # linear warm-up, then lr_schedule
+    # true: the warm-up starts again at each change of phase (e.g. when the flow joins after
+    # two_stage's ve_steps), so a network that starts from scratch there is not hit by the full LR
+    warmup_each_phase: bool = False
     # constant: raising train.steps never changes the past; cosine: decays to min_lr at train.steps
     # (so continuing a cosine run with more steps re-shapes the rest of its decay)
     lr_schedule: Literal["constant", "cosine"] = "constant"

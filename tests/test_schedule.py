@@ -15,7 +15,7 @@ from crossflow_core.recipe import RecipeError, load_recipe
 from crossflow_core.train.batches import EpochSampler
 from crossflow_core.train.callbacks import TrainCallbacks
 from crossflow_core.train.checkpoint import Checkpointer
-from crossflow_core.train.loop import lr_factor, make_scheduler, train
+from crossflow_core.train.loop import lr_factor, make_scheduler, phase_starts, train
 
 
 def run(tiny_overrides, data: Path, out: Path, *extra: str):
@@ -57,6 +57,32 @@ def test_cosine_schedule_matches_the_formula():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # decays monotonically after warm-up
     assert lr_factor(10)(9) == 1.0 == lr_factor(10, "constant", 110)(1000)
     assert load_recipe("shapes").train.lr_schedule == "constant"  # the default: warm-up, then flat
+
+
+def test_warmup_restarts_at_each_phase_change():
+    """train.warmup_each_phase: the LR ramps up again from the step the flow joins (two_stage)."""
+    sets = ("train.stage=two_stage", "train.ve_steps=30", "train.steps=80", "train.warmup_steps=10")
+    lrs = {}
+    for restart in (True, False):
+        opt, sched = scheduler_for(*sets, f"train.warmup_each_phase={str(restart).lower()}")
+        lrs[restart] = []
+        for _ in range(80):
+            lrs[restart].append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    lr = load_recipe("shapes").train.lr
+    ramp = [lr * min(1.0, (s + 1) / 10) for s in range(50)]
+    expected = ramp[:30] + ramp
+    assert lrs[True] == pytest.approx(expected, rel=1e-12)
+    assert lrs[True][30] == pytest.approx(lr / 10) and lrs[False][30] == pytest.approx(lr)
+    assert lrs[False][:30] == lrs[True][:30] and lrs[False][40:] == lrs[True][40:]
+    # under a cosine schedule the restarted ramp multiplies the decayed value
+    cos = ("train.lr_schedule=cosine", "train.warmup_each_phase=true")
+    factor = make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+                            load_recipe("shapes", [*sets, *cos])).lr_lambdas[0]
+    assert factor(32) == pytest.approx(lr_factor(10, "cosine", 80)(32) * 3 / 10, rel=1e-12)
+    assert phase_starts(load_recipe("shapes", list(sets))) == (30,)
+    assert phase_starts(load_recipe("shapes")) == ()  # joint: one phase
 
 
 def test_cosine_scheduler_resumes_exactly():

@@ -84,15 +84,33 @@ def phase_at(recipe: Recipe, step: int) -> Phase:
     return "flow"  # stage == "separate" after VE pretraining
 
 
-def lr_factor(warmup: int, schedule: str = "constant", steps: int = 0, min_ratio: float = 0.0):
+def phase_starts(recipe: Recipe) -> tuple[int, ...]:
+    """The 0-based steps after the first at which `phase_at` changes (e.g. (ve_steps,) for two_stage)."""
+    tc = recipe.train
+    bounds = sorted({tc.target_steps, tc.target_steps + tc.ve_steps})
+    return tuple(s for s in bounds if 0 < s < tc.steps and phase_at(recipe, s) != phase_at(recipe, s - 1))
+
+
+def lr_factor(
+    warmup: int,
+    schedule: str = "constant",
+    steps: int = 0,
+    min_ratio: float = 0.0,
+    restarts: tuple[int, ...] = (),
+):
     """The LR multiplier of 0-based optimizer step s: linear warm-up (s + 1) / warmup up to 1, then
     "constant" (so adding steps never changes the past) or "cosine": from 1 at s = warmup down
-    to `min_ratio` at s = steps, min_ratio + (1 - min_ratio) * (1 + cos(pi * progress)) / 2."""
+    to `min_ratio` at s = steps, min_ratio + (1 - min_ratio) * (1 + cos(pi * progress)) / 2.
+    `restarts`: steps where the warm-up starts again, (s - r + 1) / warmup from the latest r <= s
+    (times the schedule's value)."""
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
+        since = step - max((r for r in restarts if r <= step), default=0)
+        ramp = min(1.0, (since + 1) / warmup) if warmup > 0 else 1.0
+        return ramp * scheduled(step)
+
+    def scheduled(step: int) -> float:
+        if schedule == "constant" or step < warmup:
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, steps - warmup))
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -103,8 +121,9 @@ def lr_factor(warmup: int, schedule: str = "constant", steps: int = 0, min_ratio
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LambdaLR:
     """`train.lr_schedule` as a LambdaLR (its state_dict is the step count: resumable)."""
     tc = recipe.train
+    restarts = phase_starts(recipe) if tc.warmup_each_phase else ()
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(tc.warmup_steps, tc.lr_schedule, tc.steps, tc.min_lr / tc.lr)
+        optimizer, lr_factor(tc.warmup_steps, tc.lr_schedule, tc.steps, tc.min_lr / tc.lr, restarts)
     )
 
 
