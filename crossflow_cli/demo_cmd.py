@@ -33,6 +33,7 @@ def demo_command(
     from crossflow_core.eval.shapes_demo import demo_samples
     from crossflow_core.pipeline import load_pipeline
     from crossflow_core.recipe import load_recipe
+    from crossflow_core.train.loop import phase_plan
 
     started = time.time()
     overrides = list(set_ or [])
@@ -49,7 +50,9 @@ def demo_command(
             prepare_dataset(recipe.data, recipe.source, recipe.target, data_dir)
     t_prep = time.time() - started
 
-    console.print(f"[2/3] train: {recipe.train.steps} steps into {run_dir}")
+    plan = phase_plan(recipe)
+    phases = "" if len(plan) < 2 else " (" + ", then ".join(f"{n} {phase}" for phase, n in plan) + ")"
+    console.print(f"[2/3] train: {recipe.train.steps} steps{phases} into {run_dir}")
     run_training("shapes", data_dir, run_dir, overrides)
     t_train = time.time() - started - t_prep
 

@@ -15,7 +15,7 @@ from crossflow_core.recipe import RecipeError, load_recipe
 from crossflow_core.train.batches import EpochSampler
 from crossflow_core.train.callbacks import TrainCallbacks
 from crossflow_core.train.checkpoint import Checkpointer
-from crossflow_core.train.loop import lr_factor, make_scheduler, phase_starts, train
+from crossflow_core.train.loop import lr_factor, make_scheduler, phase_plan, phase_starts, train
 
 
 def run(tiny_overrides, data: Path, out: Path, *extra: str):
@@ -83,6 +83,9 @@ def test_warmup_restarts_at_each_phase_change():
     assert factor(32) == pytest.approx(lr_factor(10, "cosine", 80)(32) * 3 / 10, rel=1e-12)
     assert phase_starts(load_recipe("shapes", list(sets))) == (30,)
     assert phase_starts(load_recipe("shapes")) == ()  # joint: one phase
+    assert phase_plan(load_recipe("shapes", list(sets))) == [("ve", 30), ("joint", 50)]
+    assert phase_plan(load_recipe("shapes", ["train.steps=7"])) == [("joint", 7)]
+    assert phase_plan(load_recipe("shapes", [*sets, "train.stage=separate"])) == [("ve", 30), ("flow", 50)]
 
 
 def test_cosine_scheduler_resumes_exactly():

@@ -91,6 +91,13 @@ def phase_starts(recipe: Recipe) -> tuple[int, ...]:
     return tuple(s for s in bounds if 0 < s < tc.steps and phase_at(recipe, s) != phase_at(recipe, s - 1))
 
 
+def phase_plan(recipe: Recipe) -> list[tuple[Phase, int]]:
+    """The phases of a whole run in order, each with its number of steps, e.g. [("ve", 1000),
+    ("joint", 900)] for two_stage."""
+    edges = [0, *phase_starts(recipe), recipe.train.steps]
+    return [(phase_at(recipe, a), b - a) for a, b in zip(edges, edges[1:]) if b > a]
+
+
 def lr_factor(
     warmup: int,
     schedule: str = "constant",
