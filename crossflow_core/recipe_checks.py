@@ -153,6 +153,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("train.batch_size", lambda v: v >= 1, _POSITIVE),
     ("train.grad_accum", lambda v: v >= 1, _POSITIVE),
     ("train.min_lr", lambda v: v >= 0, _NON_NEGATIVE),
+    ("train.decay_steps", lambda v: v >= 0, _NON_NEGATIVE),
     ("train.lr", lambda v: v > 0, _POSITIVE),
     ("train.weight_decay", lambda v: v >= 0, _NON_NEGATIVE),
     ("train.betas", lambda v: all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
@@ -192,6 +193,14 @@ def _check_ranges(recipe: Recipe) -> None:
         value = getattr(part, name)
         if not ok(value):
             raise RecipeError(f"{key}={value!r} {rule}")
+    train = recipe.train
+    if train.decay_steps and train.lr_schedule != "constant":
+        raise RecipeError(
+            f"train.decay_steps={train.decay_steps} is the tail of the constant schedule; "
+            f"train.lr_schedule={train.lr_schedule} already decays: set one of them"
+        )
+    if train.decay_steps > train.steps:
+        raise RecipeError(f"train.decay_steps={train.decay_steps} must be <= train.steps={train.steps}")
     model = recipe.model
     channels = list(model.unet_channels)
     if len(model.unet_attention) != len(channels):

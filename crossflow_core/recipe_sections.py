@@ -224,6 +224,9 @@ class TrainConfig:
     # (so continuing a cosine run with more steps re-shapes the rest of its decay)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     min_lr: float = 0.0  # cosine: the LR reached at train.steps
+    # constant: the last decay_steps steps bring the LR down linearly to min_lr at train.steps
+    # (warm-up, stable, decay); 0 keeps it flat to the end
+    decay_steps: int = 0
     # the EMA's decay at every step (the first update copies the weights). ema_warmup: true ramps it
     # as (1 + s) / (10 + s) up to ema_decay instead (diffusers' default, 0.991 at step 1000)
     ema_decay: float = 0.999

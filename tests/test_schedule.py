@@ -88,6 +88,27 @@ def test_warmup_restarts_at_each_phase_change():
     assert phase_plan(load_recipe("shapes", [*sets, "train.stage=separate"])) == [("ve", 30), ("flow", 50)]
 
 
+def test_constant_schedule_with_a_linear_decay_tail():
+    """train.decay_steps: flat after the warm-up, then linear to min_lr at train.steps."""
+    sets = ("train.lr=0.002", "train.min_lr=0.0002", "train.warmup_steps=10", "train.steps=100")
+    opt, sched = scheduler_for(*sets, "train.decay_steps=40")
+    lrs = []
+    for _ in range(101):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:60] == pytest.approx([0.002 * min(1.0, (s + 1) / 10) for s in range(60)], rel=1e-12)
+    for step in (60, 70, 80, 99, 100):
+        assert lrs[step] == pytest.approx(0.002 - 0.0018 * (step - 60) / 40, rel=1e-12), step
+    assert lrs[100] == pytest.approx(0.0002)
+    with pytest.raises(RecipeError, match="train.decay_steps=40 is the tail of the constant schedule"):
+        load_recipe("shapes", [*sets, "train.decay_steps=40", "train.lr_schedule=cosine"])
+    with pytest.raises(RecipeError, match=r"train.decay_steps=101 must be <= train.steps=100"):
+        load_recipe("shapes", [*sets, "train.decay_steps=101"])
+    with pytest.raises(RecipeError, match=r"train.decay_steps=-1 must be >= 0"):
+        load_recipe("shapes", [*sets, "train.decay_steps=-1"])
+
+
 def test_cosine_scheduler_resumes_exactly():
     sets = ("train.lr_schedule=cosine", "train.warmup_steps=3", "train.steps=20", "train.min_lr=0.0001")
 

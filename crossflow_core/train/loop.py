@@ -104,12 +104,15 @@ def lr_factor(
     steps: int = 0,
     min_ratio: float = 0.0,
     restarts: tuple[int, ...] = (),
+    decay_steps: int = 0,
 ):
     """The LR multiplier of 0-based optimizer step s: linear warm-up (s + 1) / warmup up to 1, then
     "constant" (so adding steps never changes the past) or "cosine": from 1 at s = warmup down
     to `min_ratio` at s = steps, min_ratio + (1 - min_ratio) * (1 + cos(pi * progress)) / 2.
     `restarts`: steps where the warm-up starts again, (s - r + 1) / warmup from the latest r <= s
-    (times the schedule's value)."""
+    (times the schedule's value). `decay_steps` (constant): from s = steps - decay_steps the
+    factor falls linearly, 1 - (1 - min_ratio) * (s - steps + decay_steps) / decay_steps, reaching
+    min_ratio at s = steps."""
 
     def factor(step: int) -> float:
         since = step - max((r for r in restarts if r <= step), default=0)
@@ -117,7 +120,12 @@ def lr_factor(
         return ramp * scheduled(step)
 
     def scheduled(step: int) -> float:
-        if schedule == "constant" or step < warmup:
+        if schedule == "constant":
+            start = steps - decay_steps
+            if decay_steps <= 0 or step < start:
+                return 1.0
+            return 1.0 - (1.0 - min_ratio) * min(1.0, (step - start) / decay_steps)
+        if step < warmup:
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, steps - warmup))
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -130,7 +138,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.op
     tc = recipe.train
     restarts = phase_starts(recipe) if tc.warmup_each_phase else ()
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(tc.warmup_steps, tc.lr_schedule, tc.steps, tc.min_lr / tc.lr, restarts)
+        optimizer,
+        lr_factor(tc.warmup_steps, tc.lr_schedule, tc.steps, tc.min_lr / tc.lr, restarts, tc.decay_steps),
     )
 
 
