@@ -13,7 +13,8 @@ several seeds and CFG scales and scores colour and shape with the shapes checker
         --configs sweep.json --out results.json
 
 Configs are a JSON list of {"name", "set": [recipe overrides], "eval_at": [steps] or
-"budget_s" + "evals", "cfg_scales"}; benchmarks/shapes_arch_configs.json compares the DiT and
+"budget_s" + "evals", "cfg_scales", "taus" (sampling temperatures), "seeds" (per prompt, default
+4)}; benchmarks/shapes_arch_configs.json compares the DiT and
 the U-Net at equal CPU wall time (results: shapes_arch.{json,md}).
 """
 
@@ -150,7 +151,7 @@ def run(config: dict, table, index, images, cap_ids, device) -> dict:
             grid = Path(config["grids"]) / f"{config['name']}_{step}" if config.get("grids") else None
             ema.copy_to(ema_model.parameters())
             acc = evaluate(ema_model, table, index, device, config.get("cfg_scales", [1.0, 3.0]), grid=grid,
-                           taus=config.get("taus", [1.0]))
+                           taus=config.get("taus", [1.0]), seeds=config.get("seeds", 4))
             results.append(
                 {
                     "step": step,
