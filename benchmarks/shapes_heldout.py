@@ -1,0 +1,88 @@
+"""Score a trained shapes model on held-out sampling seeds: single objects drawn alone.
+
+The demo's check (`score_alone`: the asked colour and shape and no other object) over the 18
+colour x shape prompts x seeds [first, last) (default 100-109, never the demo's 0-3), at the run's
+sampling settings and the given temperatures (z0 = mu + T sigma eps, one eps per seed shared by
+the prompts). Weights: the exported model (default), or a checkpoint's group (`--checkpoint
+RUN/checkpoints/step_N --group model|ema`), or a safetensors file of system weights (`--weights`,
+as benchmarks/ema_window.py writes).
+
+    python benchmarks/shapes_heldout.py RUN --temperatures 0.3,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from crossflow_core.arith import rescale, z0_statistics
+from crossflow_core.eval.shapes_checker import score_alone
+from crossflow_core.eval.shapes_demo import single_object_specs
+from crossflow_core.pipeline import load_pipeline
+from crossflow_core.sample import sample_latents, seeded_noise
+
+
+def load_weights(pipe, weights: dict[str, torch.Tensor]) -> None:
+    """System weights (keys ve.* / flow.*) into the pipeline's VE and flow, every key present."""
+    for name, module in (("ve", pipe.ve), ("flow", pipe.flow)):
+        part = {k[len(name) + 1 :]: v for k, v in weights.items() if k.startswith(name + ".")}
+        module.load_state_dict(part, strict=True)
+
+
+def alone_rate(pipe, seeds: list[int], temperature: float, standardize: bool = False) -> dict:
+    """Share of single-object images drawn alone, and per prompt, for one temperature."""
+    specs = single_object_specs()
+    prompts = [s.prompt for s in specs]
+    settings = pipe.config.recipe.sample
+    per_prompt = [0] * len(prompts)
+    with torch.inference_mode():
+        source = pipe.source.encode(prompts, pipe.device)
+        shape = pipe.ve.noise_shape(source)
+        enc = pipe.ve(source, noise=torch.zeros(len(prompts), *shape, device=pipe.device))
+        mean, var = z0_statistics(enc.mu, enc.logvar)
+        for seed in seeds:
+            eps = seeded_noise(tuple(enc.mu.shape[1:]), [seed] * len(prompts)).to(pipe.device)
+            z0 = enc.mu + temperature * (0.5 * enc.logvar).exp() * eps
+            if standardize:  # to the mean / std the prompts' training z0 have
+                z0 = rescale(z0, mean, var.sqrt())
+            images = pipe.decode(sample_latents(pipe.flow, z0, settings, enc.cond))
+            for i, (image, spec) in enumerate(zip(images, specs, strict=True)):
+                per_prompt[i] += int(score_alone(image, spec).correct)
+    total = len(seeds) * len(prompts)
+    return {"alone": sum(per_prompt) / total, "images": total, "per_prompt": dict(zip(prompts, per_prompt))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--seeds", default="100,110", help="first,last (exclusive)")
+    parser.add_argument("--temperatures", default="0.3,1")
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--group", default="ema", choices=["ema", "model"])
+    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--standardize", action="store_true", help="rescale z0 to the training statistics")
+    args = parser.parse_args()
+    pipe = load_pipeline(args.run)
+    source = "export"
+    if args.weights is not None:
+        from safetensors.torch import load_file
+
+        load_weights(pipe, load_file(str(args.weights)))
+        source = str(args.weights)
+    elif args.checkpoint is not None:
+        from crossflow_core.train.checkpoint import Checkpointer
+
+        groups, _ = Checkpointer.load(args.checkpoint)
+        load_weights(pipe, groups[args.group])
+        source = f"{args.checkpoint} ({args.group})"
+    first, last = (int(v) for v in args.seeds.split(","))
+    for temperature in (float(t) for t in args.temperatures.split(",")):
+        result = alone_rate(pipe, list(range(first, last)), temperature, args.standardize)
+        print(json.dumps({"run": str(args.run), "weights": source, "temperature": temperature, **result}))
+
+
+if __name__ == "__main__":
+    main()
