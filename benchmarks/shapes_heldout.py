@@ -22,7 +22,7 @@ from crossflow_core.arith import rescale, z0_statistics
 from crossflow_core.eval.shapes_checker import score_alone
 from crossflow_core.eval.shapes_demo import single_object_specs
 from crossflow_core.pipeline import load_pipeline
-from crossflow_core.sample import sample_latents, seeded_noise
+from crossflow_core.sample import sample_latents
 
 
 def load_weights(pipe, weights: dict[str, torch.Tensor]) -> None:
@@ -38,19 +38,16 @@ def alone_rate(pipe, seeds: list[int], temperature: float, standardize: bool = F
     prompts = [s.prompt for s in specs]
     settings = pipe.config.recipe.sample
     per_prompt = [0] * len(prompts)
-    with torch.inference_mode():
-        source = pipe.source.encode(prompts, pipe.device)
-        shape = pipe.ve.noise_shape(source)
-        enc = pipe.ve(source, noise=torch.zeros(len(prompts), *shape, device=pipe.device))
-        mean, var = z0_statistics(enc.mu, enc.logvar)
-        for seed in seeds:
-            eps = seeded_noise(tuple(enc.mu.shape[1:]), [seed] * len(prompts)).to(pipe.device)
-            z0 = enc.mu + temperature * (0.5 * enc.logvar).exp() * eps
-            if standardize:  # to the mean / std the prompts' training z0 have
-                z0 = rescale(z0, mean, var.sqrt())
+    for seed in seeds:
+        enc = pipe.encode(prompts, [seed] * len(prompts), temperature)  # z0 = mu + T sigma eps_seed
+        z0 = enc.z0
+        if standardize:  # to the mean / std the prompts' training z0 have
+            mean, var = z0_statistics(enc.mu, enc.logvar)
+            z0 = rescale(z0, mean, var.sqrt())
+        with torch.inference_mode():
             images = pipe.decode(sample_latents(pipe.flow, z0, settings, enc.cond))
-            for i, (image, spec) in enumerate(zip(images, specs, strict=True)):
-                per_prompt[i] += int(score_alone(image, spec).correct)
+        for i, (image, spec) in enumerate(zip(images, specs, strict=True)):
+            per_prompt[i] += int(score_alone(image, spec).correct)
     total = len(seeds) * len(prompts)
     return {"alone": sum(per_prompt) / total, "images": total, "per_prompt": dict(zip(prompts, per_prompt))}
 

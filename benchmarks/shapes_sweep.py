@@ -36,7 +36,8 @@ from crossflow_core.eval.shapes_checker import score, score_alone
 from crossflow_core.eval.shapes_demo import single_object_specs
 from crossflow_core.recipe import load_recipe
 from crossflow_core.sample import SampleSettings, sample_latents, seeded_noise
-from crossflow_core.train.loop import make_ema, make_scheduler, phase_at
+from crossflow_core.train.loop import make_ema
+from crossflow_core.train.schedule import make_scheduler, phase_at
 from crossflow_core.train.system import Batch, CrossFlowSystem
 
 SINGLE = [s.prompt for s in single_object_specs()]

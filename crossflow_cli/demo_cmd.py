@@ -33,7 +33,7 @@ def demo_command(
     from crossflow_core.eval.shapes_demo import demo_samples
     from crossflow_core.pipeline import load_pipeline
     from crossflow_core.recipe import load_recipe
-    from crossflow_core.train.loop import phase_plan
+    from crossflow_core.train.schedule import phase_plan
 
     started = time.time()
     overrides = list(set_ or [])

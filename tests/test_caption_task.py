@@ -23,7 +23,8 @@ from crossflow_core.pipeline import CrossFlowPipeline
 from crossflow_core.recipe import RecipeError, load_recipe
 from crossflow_core.sample import sample_latents, seeded_noise
 from crossflow_core.train.checkpoint import Checkpointer
-from crossflow_core.train.loop import phase_at, train
+from crossflow_core.train.loop import train
+from crossflow_core.train.schedule import phase_at
 from crossflow_core.train.system import CrossFlowSystem
 
 CAP_TINY = [

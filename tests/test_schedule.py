@@ -15,7 +15,8 @@ from crossflow_core.recipe import RecipeError, load_recipe
 from crossflow_core.train.batches import EpochSampler
 from crossflow_core.train.callbacks import TrainCallbacks
 from crossflow_core.train.checkpoint import Checkpointer
-from crossflow_core.train.loop import lr_factor, make_scheduler, phase_plan, phase_starts, train
+from crossflow_core.train.loop import train
+from crossflow_core.train.schedule import lr_factor, make_scheduler, phase_plan, phase_starts
 
 
 def run(tiny_overrides, data: Path, out: Path, *extra: str):
