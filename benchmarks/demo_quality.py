@@ -87,12 +87,12 @@ def data_spread(seeds: int, image_size: int = 32) -> dict[str, float]:
     return spread(np.stack(images), seeds)
 
 
-def temperature_rows(pipe, temperatures: list[float], seeds: int) -> list[dict]:
+def temperature_rows(pipe, temperatures: list[float], seeds: int, steps: int | None = None) -> list[dict]:
     """The demo's check and the spread of the drawn objects at each sampling temperature."""
     rows = []
     prompts = [s.prompt for s in single_object_specs()] * seeds
     for temperature in temperatures:
-        settings = pipe.defaults.with_overrides(seed=0, temperature=temperature)
+        settings = pipe.defaults.with_overrides(seed=0, temperature=temperature, steps=steps)
         with tempfile.TemporaryDirectory() as tmp:
             demo = demo_samples(pipe, settings, Path(tmp), seeds)
         images = to_uint8(pipe.generate(prompts, settings))  # the same seeds as the check's
@@ -116,16 +116,24 @@ def temperature_rows(pipe, temperatures: list[float], seeds: int) -> list[dict]:
 
 
 def measure(
-    name: str, run: Path, seeds: int, per_category: int, n_samples: int, temperatures: list[float]
+    name: str,
+    run: Path,
+    seeds: int,
+    per_category: int,
+    n_samples: int,
+    temperatures: list[float],
+    steps: int | None = None,
 ) -> dict:
+    """One run's demo check, GenEval-style categories and temperature rows; `steps`: ODE steps
+    instead of the run's recipe's."""
     pipe = load_pipeline(run)
-    settings = pipe.defaults.with_overrides(seed=0)
+    settings = pipe.defaults.with_overrides(seed=0, steps=steps)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         demo = demo_samples(pipe, settings, Path(tmp), seeds)
     demo_s = time.time() - started
     request = ShapesRequest(
-        model=str(run), per_category=per_category, n_samples=n_samples, sampling=SamplingOptions(seed=0)
+        model=str(run), per_category=per_category, n_samples=n_samples, sampling=SamplingOptions(seed=0, steps=steps)
     )
     geneval = {
         r.metric.split("/", 1)[-1] if "/" in r.metric else "overall": r.value
@@ -153,7 +161,7 @@ def measure(
         "geneval_shapes": geneval,
         "geneval_settings": {"per_category": per_category, "n_samples": n_samples},
         "sampling": settings.settings(),
-        "temperatures": temperature_rows(pipe, temperatures, seeds) if temperatures else [],
+        "temperatures": temperature_rows(pipe, temperatures, seeds, steps) if temperatures else [],
     }
 
 
@@ -162,6 +170,7 @@ def markdown(results: list[dict]) -> str:
     head = [
         "run",
         "steps",
+        "ODE steps",
         "single object alone",
         "extra objects allowed",
         "> 1 object",
@@ -174,6 +183,7 @@ def markdown(results: list[dict]) -> str:
         row = [
             r["name"],
             str(r["training"].get("steps", "?")),
+            str(r.get("sampling", r["recipe"]["sample"])["steps"]),
             f"{d['single_object_accuracy']:.3f} ({d['correct']}/{d['total']})",
             f"{d['colour_and_shape_extra_objects_allowed']:.3f}",
             f"{d['more_than_one_object']:.3f}",
@@ -215,6 +225,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_quality"))
     parser.add_argument("--append", action="store_true", help="keep the other rows of OUT.json")
     parser.add_argument("--temperatures", default="", help="e.g. 1,0.5,0.3: the check at each")
+    parser.add_argument("--steps", type=int, help="ODE steps (default: each run's recipe's)")
     args = parser.parse_args()
     results = []
     if args.append and args.out.with_suffix(".json").is_file():  # keep the rows measured before
@@ -224,7 +235,9 @@ def main() -> None:
     for item in args.runs:
         name, _, run = item.partition("=")
         temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
-        results.append(measure(name, Path(run), args.seeds, args.per_category, args.n_samples, temperatures))
+        results.append(
+            measure(name, Path(run), args.seeds, args.per_category, args.n_samples, temperatures, args.steps)
+        )
         print(json.dumps({k: results[-1][k] for k in ("name", "demo_check", "geneval_shapes")}), flush=True)
     data = {
         "torch": torch.__version__,

@@ -32,11 +32,16 @@ def load_weights(pipe, weights: dict[str, torch.Tensor]) -> None:
         module.load_state_dict(part, strict=True)
 
 
-def alone_rate(pipe, seeds: list[int], temperature: float, standardize: bool = False) -> dict:
-    """Share of single-object images drawn alone, and per prompt, for one temperature."""
+def alone_rate(
+    pipe, seeds: list[int], temperature: float, standardize: bool = False, settings=None
+) -> dict:
+    """Share of single-object images drawn alone, and per prompt, for one temperature.
+
+    `settings`: the sampling settings (steps, solver, CFG); the run's recipe's when None.
+    """
     specs = single_object_specs()
     prompts = [s.prompt for s in specs]
-    settings = pipe.config.recipe.sample
+    settings = settings or pipe.config.recipe.sample
     per_prompt = [0] * len(prompts)
     for seed in seeds:
         enc = pipe.encode(prompts, [seed] * len(prompts), temperature)  # z0 = mu + T sigma eps_seed
@@ -61,6 +66,9 @@ def main() -> None:
     parser.add_argument("--group", default="ema", choices=["ema", "model"])
     parser.add_argument("--weights", type=Path)
     parser.add_argument("--standardize", action="store_true", help="rescale z0 to the training statistics")
+    parser.add_argument("--steps", type=int, help="ODE steps (default: the recipe's)")
+    parser.add_argument("--solver", choices=["euler", "heun"], help="default: the recipe's")
+    parser.add_argument("--cfg", type=float, help="guidance scale (default: the recipe's)")
     args = parser.parse_args()
     pipe = load_pipeline(args.run)
     source = "export"
@@ -75,10 +83,12 @@ def main() -> None:
         groups, _ = Checkpointer.load(args.checkpoint)
         load_weights(pipe, groups[args.group])
         source = f"{args.checkpoint} ({args.group})"
+    settings = pipe.config.recipe.sample.with_overrides(steps=args.steps, solver=args.solver, cfg_scale=args.cfg)
     first, last = (int(v) for v in args.seeds.split(","))
     for temperature in (float(t) for t in args.temperatures.split(",")):
-        result = alone_rate(pipe, list(range(first, last)), temperature, args.standardize)
-        print(json.dumps({"run": str(args.run), "weights": source, "temperature": temperature, **result}))
+        result = alone_rate(pipe, list(range(first, last)), temperature, args.standardize, settings)
+        sampling = {"steps": settings.steps, "solver": settings.solver, "cfg_scale": settings.cfg_scale}
+        print(json.dumps({"run": str(args.run), "weights": source, "temperature": temperature, **sampling, **result}))
 
 
 if __name__ == "__main__":

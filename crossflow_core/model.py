@@ -243,6 +243,7 @@ def build_flow_model(
             cond_channels=cond_channels,
             global_read=cfg.unet_global_read,
             time_modulation=cfg.unet_time_modulation,
+            layout_read=cfg.unet_layout_read,
         )
     size = resolve_size(cfg)
     return FlowTransformer(

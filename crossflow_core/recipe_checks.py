@@ -147,6 +147,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ),
     ("model.unet_layers", lambda v: v >= 1, _POSITIVE),
     ("model.unet_head_dim", lambda v: v >= 1, _POSITIVE),
+    ("model.unet_layout_read", lambda v: v >= 0, _NON_NEGATIVE),
     ("flow.sigma_min", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("flow.cfg_indicator", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("train.steps", lambda v: v >= 0, _NON_NEGATIVE),

@@ -192,6 +192,7 @@ class ModelConfig:
     unet_attention: tuple[bool, ...] = (False, False, True)  # self-attention at each level
     unet_head_dim: int = 32  # channels per attention head
     unet_global_read: bool = False  # a Linear over all of x_t added to the time embedding (unet.py)
+    unet_layout_read: int = 0  # K > 0: a Linear over all of x_t to a K-channel layout map, as input (unet.py)
     # how the time (+ indicator, + global read) embedding enters each residual block: "add" a
     # per-channel bias, or "scale_shift" the normalised features (AdaGN)
     unet_time_modulation: Literal["add", "scale_shift"] = "add"

@@ -12,6 +12,12 @@ DiT has this through attention; the U-Net's first levels only see 3x3 neighbourh
 VE spreads the text over z0 with no spatial layout). It reads x_t, never the text: the network
 stays v(x_t, t), and the size of x is then fixed to the latent shape.
 
+`layout_read` (model.unet_layout_read = K > 0): a Linear over the whole flattened x_t to a K-channel
+map at the lowest level's resolution (H / 2^(levels-1)), upsampled (nearest) to H x W and
+concatenated to x as K more input channels: the global read gives every block the same per-channel
+bias, this one a layout, so a code with no spatial order can say where, not only what. Zero-
+initialised (the network starts as without it); it also reads only x_t and fixes the latent size.
+
 Time convention: t in [0, 1], t = 0 the source (text latent), t = 1 the target (image latent);
 the U-Net's sinusoidal time features see 1000*t, as the DiT's do.
 
@@ -131,6 +137,7 @@ class FlowUNet(nn.Module):
         cond_channels: int = 0,
         global_read: bool = False,
         time_modulation: str = "add",
+        layout_read: int = 0,
     ) -> None:
         super().__init__()
         from diffusers import UNet2DModel
@@ -144,6 +151,7 @@ class FlowUNet(nn.Module):
             cond_channels=cond_channels,
             global_read=global_read,
             time_modulation=time_modulation,
+            layout_read=layout_read,
         )
         if time_modulation not in ("add", "scale_shift"):
             raise CrossflowError(f"unknown time_modulation {time_modulation!r}; use add or scale_shift")
@@ -161,7 +169,7 @@ class FlowUNet(nn.Module):
         self.latent_shape = tuple(latent_shape)
         self.unet = UNet2DModel(
             sample_size=(height, width),
-            in_channels=channels + cond_channels,
+            in_channels=channels + cond_channels + layout_read,
             out_channels=channels,
             block_out_channels=unet_channels,
             layers_per_block=layers,
@@ -184,7 +192,20 @@ class FlowUNet(nn.Module):
             self.global_read = nn.Linear(channels * height * width, embed_dim)
             nn.init.zeros_(self.global_read.weight)  # starts as the plain U-Net
             nn.init.zeros_(self.global_read.bias)
+        self.layout_read: nn.Linear | None = None
+        if layout_read < 0:
+            raise CrossflowError(f"model.unet_layout_read must be >= 0 channels, got {layout_read}")
+        if layout_read:
+            self.layout_shape = (layout_read, height // factor, width // factor)
+            self.layout_read = nn.Linear(channels * height * width, math.prod(self.layout_shape))
+            nn.init.zeros_(self.layout_read.weight)  # starts as without it
+            nn.init.zeros_(self.layout_read.bias)
         self.set_attention("auto")
+
+    @property
+    def reads_all_of_x(self) -> bool:
+        """True when a Linear reads the whole x_t (global or layout read): the size is then fixed."""
+        return self.global_read is not None or self.layout_read is not None
 
     def set_attention(self, kernel: str) -> None:
         """The attention blocks' processor: `SpatialAttention(kernel)` for "auto" (the default) /
@@ -199,9 +220,10 @@ class FlowUNet(nn.Module):
 
     def accepts(self, height: int, width: int) -> str | None:
         """None when a latent of this size can pass the network, else why not."""
-        if self.global_read is not None and (height, width) != self.latent_shape[1:]:
+        if self.reads_all_of_x and (height, width) != self.latent_shape[1:]:
             size = "x".join(map(str, self.latent_shape[1:]))
-            return f"its global read (model.unet_global_read) takes {size} latents only"
+            key = "model.unet_global_read" if self.global_read is not None else "model.unet_layout_read"
+            return f"its global read ({key}) takes {size} latents only"
         if height % self.factor or width % self.factor:
             halvings = self.factor.bit_length() - 1
             return f"its sides must be multiples of {self.factor} (the U-Net halves them {halvings} times)"
@@ -216,12 +238,18 @@ class FlowUNet(nn.Module):
                 f"a {h}x{w} latent cannot pass {self.factor}x downsampling: "
                 f"its sides must be multiples of {self.factor}"
             )
+        if self.reads_all_of_x and (h, w) != self.latent_shape[1:]:
+            raise CrossflowError(f"a {h}x{w} latent cannot pass this U-Net: {self.accepts(h, w)}")
         if self.global_read is not None:
-            if (h, w) != self.latent_shape[1:]:
-                raise CrossflowError(f"a {h}x{w} latent cannot pass this U-Net: {self.accepts(h, w)}")
             labels = self.indicator_embedding(indicator.long()) + self.global_read(x.flatten(1))
         else:
             labels = indicator.long()
+        inputs = [x]
         if self.cond_channels:
-            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+            inputs.append(cond.to(x.dtype))
+        if self.layout_read is not None:
+            layout = self.layout_read(x.flatten(1)).reshape(b, *self.layout_shape)  # [B, K, H/f, W/f]
+            inputs.append(F.interpolate(layout, scale_factor=self.factor, mode="nearest").to(x.dtype))
+        if len(inputs) > 1:
+            x = torch.cat(inputs, dim=1)
         return self.unet(x, 1000.0 * t, class_labels=labels).sample

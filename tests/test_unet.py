@@ -29,6 +29,7 @@ def test_the_recipe_arch_picks_the_network():
         cond_channels=0,
         global_read=False,
         time_modulation="add",
+        layout_read=0,
     )
     assert isinstance(build_flow_model(ModelConfig(width=32, depth=1, heads=2), (3, 16, 16)), FlowTransformer)
     assert load_recipe("shapes").model.arch == "unet"
@@ -60,6 +61,7 @@ def test_unet_batched_equals_single_and_sees_time_and_indicator(latent):
         (["model.unet_layers=0"], "model.unet_layers"),
         (["model.arch=convnet"], "model.arch"),
         (["model.unet_head_dim=48"], "model.unet_head_dim=48 does not divide the 128 channels"),
+        (["model.unet_layout_read=-1"], "model.unet_layout_read"),
     ],
 )
 def test_bad_unet_recipes_fail_at_load(overrides, message):
@@ -131,3 +133,40 @@ def test_global_read_fixes_the_latent_size():
     assert build_flow_model(dataclasses.replace(UNET, unet_global_read=True), (3, 16, 16)).init_args[
         "global_read"
     ]
+
+
+def test_layout_read_starts_as_without_it_then_draws_a_map_from_all_of_x():
+    """model.unet_layout_read = K: zero-initialised, the network equals the one without it (its K
+    extra input channels are zero); its gradient is not zero, so it learns; once trained, an output
+    pixel depends on input pixels far outside the convolutions' reach."""
+    torch.manual_seed(0)
+    latent = (3, 16, 16)
+    plain = FlowUNet(latent, **UNET_ARGS).eval()
+    for p in plain.parameters():  # break diffusers' zero-initialised output conv
+        p.data.add_(0.05 * torch.randn_like(p))
+    read = FlowUNet(latent, **UNET_ARGS, layout_read=4).eval()
+    weights = plain.state_dict()
+    conv_in = "unet.conv_in.weight"
+    extra = torch.randn(8, 4, 3, 3)  # the layout's input channels: any weights
+    weights[conv_in] = torch.cat([weights[conv_in], extra], dim=1)
+    missing, unexpected = read.load_state_dict(weights, strict=False)
+    assert not unexpected and sorted(missing) == ["layout_read.bias", "layout_read.weight"]
+    assert read.layout_shape == (4, 8, 8)  # the lowest level's resolution of a 2-level U-Net
+    x, t, ind = torch.randn(3, *latent), torch.rand(3), torch.tensor([1, 0, 1])
+    torch.testing.assert_close(read(x, t, ind), plain(x, t, ind))
+    read(x, t, ind).square().sum().backward()
+    assert read.layout_read.weight.grad.abs().sum() > 0
+    torch.nn.init.normal_(read.layout_read.weight, std=0.05)
+    out = read(x, t, ind)
+    single = torch.cat([read(x[i : i + 1], t[i : i + 1], ind[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(out, single, atol=1e-5, rtol=1e-4)
+    # a change confined to the bottom-right corner moves the top-left output pixel only through
+    # the read (plain: within the convolutions' and the attention's reach; read: also directly)
+    moved = x.clone()
+    moved[:, :, -2:, -2:] += 3.0
+    plain_shift = (plain(moved, t, ind) - plain(x, t, ind))[:, :, 0, 0].abs().max()
+    read_shift = (read(moved, t, ind) - read(x, t, ind))[:, :, 0, 0].abs().max()
+    assert read_shift > 2 * plain_shift
+    assert "model.unet_layout_read" in read.accepts(8, 8)
+    with pytest.raises(CrossflowError, match="takes 16x16 latents only"):
+        read(torch.randn(1, 3, 8, 8), torch.rand(1), ind[:1])
