@@ -735,7 +735,12 @@ def summary(data: dict) -> list[str]:
     lines += [
         "",
         "`crossflow sample` and the demo sample in fp32 (the fp32 row); bf16 sampling is measured for the",
-        'comparison only. Groups without "idle" in their name ran on a shared machine: read their ratios,',
+        "comparison only. Since benchmarks/shapes_recipe_sweep.md round 4 the `shapes` recipe samples with 40",
+        "Euler steps instead of 20 (more single objects drawn alone), each step the same forward, so the rate",
+        "at the demo's settings is half the 20-step row: the demo's sampling phase (the 72 single-object",
+        "images, the compositions and the checks) took 28.3 s against 14.0 s in two fresh-clone demos on an",
+        "idle machine (`report.json` wall times).",
+        'Groups without "idle" in their name ran on a shared machine: read their ratios,',
         "not their times.",
         "",
     ]
