@@ -222,8 +222,10 @@ class FlowUNet(nn.Module):
         """None when a latent of this size can pass the network, else why not."""
         if self.reads_all_of_x and (height, width) != self.latent_shape[1:]:
             size = "x".join(map(str, self.latent_shape[1:]))
-            key = "model.unet_global_read" if self.global_read is not None else "model.unet_layout_read"
-            return f"its global read ({key}) takes {size} latents only"
+            read = "global read (model.unet_global_read)"
+            if self.global_read is None:
+                read = "layout read (model.unet_layout_read)"
+            return f"its {read} takes {size} latents only"
         if height % self.factor or width % self.factor:
             halvings = self.factor.bit_length() - 1
             return f"its sides must be multiples of {self.factor} (the U-Net halves them {halvings} times)"
