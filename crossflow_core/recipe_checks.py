@@ -3,6 +3,7 @@ together, and the value ranges of its keys (each failure is one `RecipeError` li
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from crossflow_core.errors import CrossflowError
@@ -150,6 +151,8 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("model.unet_layout_read", lambda v: v >= 0, _NON_NEGATIVE),
     ("flow.sigma_min", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("flow.cfg_indicator", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ("flow.time_mean", lambda v: math.isfinite(v), "must be a finite number"),
+    ("flow.time_std", lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0"),
     ("train.steps", lambda v: v >= 0, _NON_NEGATIVE),
     ("train.batch_size", lambda v: v >= 1, _POSITIVE),
     ("train.grad_accum", lambda v: v >= 1, _POSITIVE),

@@ -204,6 +204,10 @@ class FlowConfig:
 
     sigma_min: float = 1e-5
     time_sampling: Literal["logit_normal", "uniform", "zero"] = "logit_normal"  # zero: regression baseline
+    # logit-normal t = sigmoid(time_mean + time_std * n): the official (0, 1); a negative mean
+    # trains more near the source (t = 0), a smaller std more in the middle of the path
+    time_mean: float = 0.0
+    time_std: float = 1.0
     cfg_indicator: float = 0.1  # probability that a training pair is made unconditional
 
 

@@ -187,6 +187,29 @@ def test_system_loss_terms_by_phase(tiny_overrides):
     assert has == {"ve": False, "flow": True, "objective": False}  # the VE is frozen
 
 
+@pytest.mark.parametrize(
+    "mean, std, low, high", [(0.0, 1.0, 0.02, 0.98), (4.0, 0.2, 0.95, 1.0), (-4.0, 0.2, 0.0, 0.05)]
+)
+def test_recipe_time_mean_and_std_set_the_training_times(tiny_overrides, mean, std, low, high):
+    """flow.time_mean / time_std reach the loss step: t = sigmoid(mean + std * n) as the flow sees it."""
+    from crossflow_core.codecs import SourceBatch
+    from crossflow_core.train.system import Batch, CrossFlowSystem
+
+    recipe = load_recipe("shapes", [*tiny_overrides, f"flow.time_mean={mean}", f"flow.time_std={std}"])
+    torch.manual_seed(0)
+    system = CrossFlowSystem.from_recipe(recipe, {"num_tokens": 6, "token_dim": 24}, (3, 16, 16))
+    seen = []
+    system.flow.register_forward_pre_hook(lambda module, args: seen.append(args[1].detach().clone()))
+    source = SourceBatch(torch.randn(256, 6, 24), torch.ones(256, 6, dtype=torch.bool))
+    batch = Batch(source, torch.zeros(256, 3, 16, 16))
+    with torch.no_grad():
+        system(batch, "joint")
+    t = seen[0]
+    assert t.shape == (256,) and low <= float(t.min()) and float(t.max()) <= high
+    expected = torch.sigmoid(torch.tensor(mean))  # the median of t
+    assert abs(float(t.median()) - float(expected)) < 0.05
+
+
 def test_export_layout_and_pre_seam_models_still_load(tiny_overrides, tiny_data, tmp_path):
     """RUN/model is model_index.json + ve/ + flow/; a model exported before the task seam
     (config.json + one model.safetensors with ve./flow. prefixes) loads to the same samples."""

@@ -88,6 +88,8 @@ class CrossFlowSystem(nn.Module):
         *,
         sigma_min: float,
         time_sampling: str,
+        time_mean: float = 0.0,
+        time_std: float = 1.0,
         cfg_indicator: float,
         enc_weight: float,
         kl_weight: float,
@@ -98,6 +100,7 @@ class CrossFlowSystem(nn.Module):
         # a fixed codec (target None) adds no submodule: the system's state_dict is unchanged
         self.ve, self.flow, self.objective, self.target = ve, flow, objective, target
         self.time_sampling, self.cfg_indicator = time_sampling, cfg_indicator
+        self.time_mean, self.time_std = time_mean, time_std
         self.enc_weight, self.kl_weight, self.kl = enc_weight, kl_weight, kl
         self.path = CrossFlowPath(sigma_min)
 
@@ -117,6 +120,8 @@ class CrossFlowSystem(nn.Module):
             objective,
             sigma_min=f.sigma_min,
             time_sampling=f.time_sampling,
+            time_mean=f.time_mean,
+            time_std=f.time_std,
             cfg_indicator=f.cfg_indicator,
             enc_weight=v.enc_weight,
             kl_weight=v.kl_weight,
@@ -146,7 +151,7 @@ class CrossFlowSystem(nn.Module):
             b = x1.shape[0]
             indicator, perm = null_pairs(b, self.cfg_indicator, None)
             indicator, perm = indicator.to(x1.device), perm.to(x1.device)
-            t = sample_time(b, self.time_sampling, None, x1.device)
+            t = sample_time(b, self.time_sampling, None, x1.device, self.time_mean, self.time_std)
             sample = self.path.sample(ve_out.z0, x1[perm], t)
             pred = self.flow(sample.xt, sample.t, indicator, ve_out.cond)
             fm = flow_matching_loss(pred.float(), sample.target.float())
