@@ -155,12 +155,13 @@ class FlowUNet(nn.Module):
         )
         if time_modulation not in ("add", "scale_shift"):
             raise CrossflowError(f"unknown time_modulation {time_modulation!r}; use add or scale_shift")
+        if layout_read < 0:
+            raise CrossflowError(f"model.unet_layout_read must be >= 0 channels, got {layout_read}")
         unet_channels, unet_attention = tuple(channels), tuple(attention)
         channels, height, width = latent_shape
         levels = len(unet_channels)
-        self.factor = 2 ** (levels - 1)
+        self.factor = factor = 2 ** (levels - 1)
         self.cond_channels = cond_channels
-        factor = 2 ** (levels - 1)
         if height % factor or width % factor:
             raise CrossflowError(
                 f"latent size {height}x{width} is not divisible by {factor}, which "
@@ -193,8 +194,6 @@ class FlowUNet(nn.Module):
             nn.init.zeros_(self.global_read.weight)  # starts as the plain U-Net
             nn.init.zeros_(self.global_read.bias)
         self.layout_read: nn.Linear | None = None
-        if layout_read < 0:
-            raise CrossflowError(f"model.unet_layout_read must be >= 0 channels, got {layout_read}")
         if layout_read:
             self.layout_shape = (layout_read, height // factor, width // factor)
             self.layout_read = nn.Linear(channels * height * width, math.prod(self.layout_shape))
